@@ -1,0 +1,154 @@
+//! The traits every backend implements. Tensors cross this boundary as [`HostTensor`]s, so the
+//! core (data, cache, training loop) never depends on a backend.
+
+use crate::freeze::FreezePolicy;
+use crate::tensor::HostTensor;
+use crate::weights::WeightSet;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where an input enters the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Preprocessed images `[N, 3, crop, crop]`: the frozen prefix runs first (no cache).
+    Image,
+    /// Features at the policy's cut point `[N, ...]` (from the feature cache).
+    Cut,
+}
+
+/// Which device a backend runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Config(format!("unknown device {s:?}: expected cpu, cuda or cuda:N"));
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(DeviceSpec::Cuda).ok_or_else(bad),
+        }
+    }
+}
+
+/// The optimiser's update rule. Both follow PyTorch's definitions exactly (weight decay is L2,
+/// added to the gradient), so backends agree and results compare with PyTorch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Optimizer {
+    /// `v = μ·v + g; p -= lr·v` (torch.optim.SGD, dampening 0, no Nesterov).
+    Sgd { momentum: f32 },
+    /// torch.optim.Adam with bias correction.
+    Adam { beta1: f32, beta2: f32, eps: f32 },
+}
+
+/// Optimiser settings fixed for a model's life; the learning rate comes with each step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerConfig {
+    pub optimizer: Optimizer,
+    pub weight_decay: f32,
+    /// Multiplies the learning rate of trainable conv layers: pretrained features want gentler
+    /// updates than the new classifier.
+    pub conv_lr_mult: f32,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self { optimizer: Optimizer::Sgd { momentum: 0.9 }, weight_decay: 5e-4, conv_lr_mult: 0.1 }
+    }
+}
+
+impl OptimizerConfig {
+    /// Adam with PyTorch's default betas and epsilon.
+    pub fn adam() -> Self {
+        Self { optimizer: Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, ..Self::default() }
+    }
+}
+
+/// Everything a backend needs to build a trainable model besides the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub policy: FreezePolicy,
+    pub optimizer: OptimizerConfig,
+    /// Dropout probability before fc6 and fc7 (training only), as torchvision's 0.5.
+    pub dropout: f32,
+    /// Seeds the backend's dropout masks.
+    pub seed: u64,
+}
+
+impl ModelConfig {
+    /// Defaults for `policy`: SGD momentum 0.9, weight decay 5e-4, dropout 0.5.
+    pub fn new(policy: FreezePolicy) -> Self {
+        Self { policy, optimizer: OptimizerConfig::default(), dropout: 0.5, seed: 0 }
+    }
+
+    pub fn with_optimizer(mut self, optimizer: OptimizerConfig) -> Self {
+        self.optimizer = optimizer;
+        self
+    }
+
+    pub fn with_dropout(mut self, dropout: f32) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+}
+
+/// Loss and correct predictions of one training step (before the update).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the batch.
+    pub loss: f32,
+    /// Samples whose arg-max logit was the label.
+    pub correct: usize,
+}
+
+/// A backend: a factory for models on one device.
+pub trait Backend: Send + Sync {
+    /// Short name (`candle`, `tch`, `burn`).
+    fn name(&self) -> &'static str;
+    /// The device, in words (`cpu`, `cuda:0 (NVIDIA H100)`).
+    fn device_name(&self) -> String;
+    /// Builds a model from `weights` (all eight layers) with `cfg.policy` deciding what trains.
+    /// Frozen layers must get no gradient and stay bit-identical.
+    fn build(&self, weights: &WeightSet, cfg: &ModelConfig) -> Result<Box<dyn Model>>;
+}
+
+/// An AlexNet on a device, with a frozen prefix and a trainable suffix.
+pub trait Model: Send {
+    /// The freeze policy it was built with.
+    fn policy(&self) -> FreezePolicy;
+    /// Runs the frozen prefix in inference mode: images `[N, 3, crop, crop]` → features at the
+    /// cut `[N, ...]` (pool5 is flattened to 9216). With no frozen prefix, returns the input.
+    fn extract(&mut self, images: &HostTensor) -> Result<HostTensor>;
+    /// One optimisation step of the trainable layers on a batch entering at `stage`.
+    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats>;
+    /// Logits `[N, classes]` in evaluation mode (no dropout).
+    fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor>;
+    /// All parameters, frozen and trained, by torchvision name.
+    fn weights(&self) -> Result<WeightSet>;
+    /// Replaces the parameters of the trainable layers (e.g. to restore the best checkpoint);
+    /// optimiser state is reset.
+    fn set_weights(&mut self, weights: &WeightSet) -> Result<()>;
+    /// Waits until queued device work is done (a no-op on CPU); benches call it.
+    fn synchronize(&self) -> Result<()>;
+}

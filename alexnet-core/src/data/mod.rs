@@ -1,0 +1,11 @@
+//! Data: folder-per-class scanning, deterministic split, preprocessing and parallel loading.
+
+pub mod dataset;
+pub mod loader;
+pub mod preprocess;
+pub mod split;
+
+pub use dataset::{Dataset, Sample};
+pub use loader::Prefetcher;
+pub use preprocess::{DecodedImage, Preprocess, View};
+pub use split::{Split, SplitConfig};

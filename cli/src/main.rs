@@ -1,1 +1,19 @@
-fn main(){}
+//! `alexnet`: fine-tune an ImageNet AlexNet on a folder of labelled photos.
+
+mod args;
+mod backends;
+mod commands;
+mod plots;
+mod progress;
+mod rundir;
+mod weights_cmd;
+
+use clap::Parser;
+
+fn main() {
+    let cli = args::Cli::parse();
+    if let Err(e) = commands::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

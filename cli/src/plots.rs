@@ -1,0 +1,218 @@
+//! Plots as PNG and SVG (plotters): learning curves and confusion matrices.
+
+use alexnet_core::metrics::Confusion;
+use alexnet_core::report::RunReport;
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // A bundled font keeps text identical on every machine (no system font lookup).
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Something drawable on any plotters backend.
+pub trait Figure {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws `fig` into `<base>.svg` and `<base>.png`; returns both paths.
+pub fn both(base: &Path, size: (u32, u32), fig: &impl Figure) -> Result<Vec<PathBuf>> {
+    register_font();
+    let svg = base.with_extension("svg");
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        fig.draw(&root)?;
+        root.present().map_err(|e| anyhow!("{}: {e}", svg.display()))?;
+    }
+    let png = base.with_extension("png");
+    let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        fig.draw(&root)?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    image::RgbImage::from_raw(size.0, size.1, buf)
+        .ok_or_else(|| anyhow!("bitmap size"))?
+        .save(&png)
+        .map_err(|e| anyhow!("{}: {e}", png.display()))?;
+    Ok(vec![svg, png])
+}
+
+/// One named series of (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart of several series.
+pub struct LineChart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub series: &'a [Series],
+    /// Fixed y range (accuracy: 0..1); otherwise fitted.
+    pub y_range: Option<(f64, f64)>,
+}
+
+impl Figure for LineChart<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).collect();
+        let x_max = all.iter().map(|p| p.0).fold(1e-9, f64::max);
+        let (y_min, y_max) = self.y_range.unwrap_or_else(|| {
+            let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+            if lo.is_finite() { (lo.min(0.0), hi * 1.05 + 1e-9) } else { (0.0, 1.0) }
+        });
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..x_max, y_min..y_max)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        for (i, s) in self.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart
+                .draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+}
+
+/// `curve.png/svg`: accuracy (train, val, test) and training loss against step.
+pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
+    let pts = |f: &dyn Fn(&alexnet_core::report::CurvePoint) -> Option<f64>| -> Vec<(f64, f64)> {
+        report.curve.iter().filter_map(|p| f(p).map(|v| (p.step as f64, v))).collect()
+    };
+    let acc = [
+        Series { name: "train (running)".into(), points: pts(&|p| Some(p.train_accuracy)) },
+        Series { name: "validation".into(), points: pts(&|p| p.val_accuracy) },
+        Series { name: "test".into(), points: pts(&|p| p.test_accuracy) },
+    ];
+    let loss = [Series { name: "train loss".into(), points: pts(&|p| Some(p.train_loss as f64)) }];
+    let title = format!("{} · fine-tune {} · {}", report.backend, report.policy, report.device);
+    both(base, (1000, 700), &Stacked(
+        LineChart { title: &title, x_label: "step", y_label: "accuracy", series: &acc, y_range: Some((0.0, 1.0)) },
+        LineChart { title: "training loss", x_label: "step", y_label: "cross-entropy", series: &loss, y_range: None },
+    ))
+}
+
+/// Two figures, one above the other (60/40).
+pub struct Stacked<A, B>(pub A, pub B);
+
+impl<A: Figure, B: Figure> Figure for Stacked<A, B> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let h = area.dim_in_pixel().1;
+        let (top, bottom) = area.split_vertically(h * 6 / 10);
+        self.0.draw(&top)?;
+        self.1.draw(&bottom)
+    }
+}
+
+/// `confusion.png/svg`: a confusion matrix, rows true, columns predicted, shaded by row share.
+pub fn confusion(c: &Confusion, classes: &[String], title: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    both(base, (760, 680), &ConfusionFigure { c, classes, title })
+}
+
+struct ConfusionFigure<'a> {
+    c: &'a Confusion,
+    classes: &'a [String],
+    title: &'a str,
+}
+
+impl Figure for ConfusionFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let n = self.classes.len();
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(60)
+            .y_label_area_size(110)
+            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())
+            .map_err(|e| anyhow!("{e}"))?;
+        let label = |v: &SegmentValue<usize>, flip: bool| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => {
+                self.classes[if flip { n - 1 - i } else { *i }].clone()
+            }
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted")
+            .y_desc("true")
+            .x_labels(n)
+            .y_labels(n)
+            .x_label_formatter(&|v| label(v, false))
+            .y_label_formatter(&|v| label(v, true))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        for t in 0..n {
+            let row_total: u64 = self.c.counts[t].iter().sum::<u64>().max(1);
+            let y = n - 1 - t;
+            for p in 0..n {
+                let v = self.c.counts[t][p];
+                let frac = v as f64 / row_total as f64;
+                let shade = (255.0 * (1.0 - 0.85 * frac)) as u8;
+                let cell = [(SegmentValue::Exact(p), SegmentValue::Exact(y)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1))];
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(cell, RGBColor(shade, shade, 255).filled())))
+                    .map_err(|e| anyhow!("{e}"))?;
+                let color = if frac > 0.5 { WHITE } else { BLACK };
+                let style = ("sans-serif", 18).into_font().color(&color).pos(Pos::new(HPos::Center, VPos::Center));
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        v.to_string(),
+                        (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)),
+                        style,
+                    )))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! indicatif progress bars behind the core's `Observer`.
+
+use alexnet_core::observer::Observer;
+use alexnet_core::report::CurvePoint;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::Mutex;
+
+/// Shows one bar per phase on stderr, and evaluation points as lines above it.
+pub struct Bars {
+    bar: Mutex<Option<ProgressBar>>,
+    quiet: bool,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Self {
+        Self { bar: Mutex::new(None), quiet }
+    }
+
+    fn println(&self, line: &str) {
+        match self.bar.lock().unwrap().as_ref() {
+            // A hidden bar swallows println: write plain lines when not on a terminal.
+            Some(b) if !self.quiet => b.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Observer for Bars {
+    fn begin(&self, phase: &str, total: u64) {
+        let bar = if self.quiet {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        } else {
+            ProgressBar::new(total)
+        };
+        let unit = if phase == "train" { "steps" } else { "images" };
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(phase.to_string());
+        *self.bar.lock().unwrap() = Some(bar);
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(b) = self.bar.lock().unwrap().as_ref() {
+            b.inc(n);
+        }
+    }
+
+    fn end(&self) {
+        if let Some(b) = self.bar.lock().unwrap().take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn message(&self, msg: &str) {
+        self.println(msg);
+    }
+
+    fn step(&self, _step: usize, loss: f32) {
+        if let Some(b) = self.bar.lock().unwrap().as_ref() {
+            b.set_message(format!("loss {loss:.3}"));
+        }
+    }
+
+    fn eval(&self, p: &CurvePoint) {
+        let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "-".into());
+        self.println(&format!(
+            "step {:>5}  epoch {:>5.2}  lr {:.2e}  loss {:.4}  train {:.1}%  val {}  test {}  ({:.0}s training)",
+            p.step,
+            p.epoch,
+            p.lr,
+            p.train_loss,
+            100.0 * p.train_accuracy,
+            pct(p.val_accuracy),
+            pct(p.test_accuracy),
+            p.train_seconds
+        ));
+    }
+}

@@ -20,6 +20,8 @@ pub mod job;
 mod lpips;
 pub mod metrics;
 pub mod observer;
+#[cfg(feature = "conformance")]
+pub mod reference;
 pub mod report;
 pub mod tensor;
 pub mod train;

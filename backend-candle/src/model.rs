@@ -43,14 +43,57 @@ fn to_host(t: &Tensor) -> Result<HostTensor> {
     HostTensor::new(shape, data)
 }
 
+/// 3×3 / stride-2 max-pool built from differentiable ops. candle's own max-pool has no backward
+/// pass for overlapping windows, which trainable conv1, conv2 and conv5 need: this takes the
+/// maximum of the nine strided shifts of the input.
+fn max_pool_differentiable(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (alexnet_core::arch::pool_out(h), alexnet_core::arch::pool_out(w));
+    // One zero row/column of padding lets every shift take 2·out elements; the padding only ever
+    // lands on the odd positions that the stride skips.
+    let xp = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
+    let mut out: Option<Tensor> = None;
+    for dy in 0..MAXPOOL.0 {
+        for dx in 0..MAXPOOL.0 {
+            let s = xp
+                .narrow(2, dy, 2 * ho)?
+                .narrow(3, dx, 2 * wo)?
+                .reshape((n, c, ho, 2, wo, 2))?
+                .narrow(3, 0, 1)?
+                .narrow(5, 0, 1)?
+                .reshape((n, c, ho, wo))?;
+            out = Some(match out {
+                None => s,
+                Some(o) => o.maximum(&s)?,
+            });
+        }
+    }
+    Ok(out.expect("nine shifts"))
+}
+
 /// One layer's block: conv + ReLU (+ max-pool, + flatten after conv5), or
-/// (dropout) + linear (+ ReLU).
+/// (dropout) + linear (+ ReLU). `differentiable` picks the max-pool that supports backward.
 fn block(x: &Tensor, spec: &LayerSpec, w: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    block_mode(x, spec, w, b, mask, false)
+}
+
+fn block_mode(
+    x: &Tensor,
+    spec: &LayerSpec,
+    w: &Tensor,
+    b: &Tensor,
+    mask: Option<&Tensor>,
+    differentiable: bool,
+) -> candle_core::Result<Tensor> {
     match spec.kind {
         LayerKind::Conv { stride, padding, pool_after, out_channels, .. } => {
             let mut y = x.conv2d(w, padding, stride, 1, 1)?.broadcast_add(&b.reshape((1, out_channels, 1, 1))?)?.relu()?;
             if pool_after {
-                y = y.max_pool2d_with_stride(MAXPOOL.0, MAXPOOL.1)?;
+                y = if differentiable {
+                    max_pool_differentiable(&y)?
+                } else {
+                    y.max_pool2d_with_stride(MAXPOOL.0, MAXPOOL.1)?
+                };
             }
             if spec.output_shape.len() == 1 {
                 y = y.flatten_from(1)?; // pool5 is 6×6 by construction: the adaptive pool is the identity
@@ -105,6 +148,99 @@ impl CandleModel {
         Ok(t)
     }
 
+    /// Forward and backward pass of one training batch entering at the cut. The fully connected
+    /// layers are differentiated by hand (three GEMMs each, no graph), which is several times
+    /// faster than candle's autograd on CPU; trainable conv layers, if any, use autograd, seeded
+    /// with the gradient at the classifier's input. Returns the stats and (dW, db) per trainable
+    /// layer, in order.
+    fn backprop(&mut self, input: Tensor, labels: &[u32]) -> Result<(StepStats, Vec<(Tensor, Tensor)>)> {
+        let n_conv = self.trainable.iter().filter(|l| l.spec.id.is_conv()).count();
+        // Trainable conv layers, recorded for autograd.
+        let mut t = input;
+        for l in &self.trainable[..n_conv] {
+            t = block_mode(&t, &l.spec, l.w.as_tensor(), l.b.as_tensor(), None, true).map_err(err)?;
+        }
+        let conv_out = t;
+        let mut h = conv_out.detach();
+        // Fully connected layers: keep each layer's (dropped-out) input and pre-activation.
+        let mut saved: Vec<(Tensor, Option<Tensor>, Tensor)> = Vec::new(); // (input, mask, z)
+        for l in &self.trainable[n_conv..] {
+            let (dropout_before, relu_after) = match l.spec.kind {
+                LayerKind::Linear { dropout_before, relu_after, .. } => (dropout_before, relu_after),
+                LayerKind::Conv { .. } => unreachable!("conv layers come first"),
+            };
+            let mask = if dropout_before && self.cfg.dropout > 0.0 {
+                let m = self.masks.next_mask(h.elem_count());
+                Some(Tensor::from_vec(m, h.shape(), &self.device).map_err(err)?)
+            } else {
+                None
+            };
+            let hin = match &mask {
+                Some(m) => (&h * m).map_err(err)?,
+                None => h,
+            };
+            let z = hin.matmul(&l.w.as_detached_tensor().t().map_err(err)?).and_then(|z| z.broadcast_add(&l.b.as_detached_tensor())).map_err(err)?;
+            h = if relu_after { z.relu().map_err(err)? } else { z.clone() };
+            saved.push((hin, mask, z));
+        }
+        // Softmax cross-entropy on the host: [N, classes] is tiny.
+        let logits = to_host(&h)?;
+        let (n, k) = (logits.batch(), logits.row_len());
+        let (mut loss, mut correct, mut dlogits) = (0f64, 0usize, vec![0f32; n * k]);
+        for (i, &y) in labels.iter().enumerate() {
+            let row = logits.row(i);
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+            let sum: f64 = row.iter().map(|v| ((v - max) as f64).exp()).sum();
+            loss += sum.ln() + max as f64 - row[y as usize] as f64;
+            if alexnet_core::metrics::argmax_rows(&HostTensor { shape: vec![1, k], data: row.to_vec() })[0] == y {
+                correct += 1;
+            }
+            for j in 0..k {
+                let p = (((row[j] - max) as f64).exp() / sum) as f32;
+                dlogits[i * k + j] = (p - if j == y as usize { 1.0 } else { 0.0 }) / n as f32;
+            }
+        }
+        let mut dz = Tensor::from_vec(dlogits, (n, k), &self.device).map_err(err)?;
+        // Backward through the fully connected layers, last to first.
+        let mut grads: Vec<(Tensor, Tensor)> = Vec::new();
+        let fc = &self.trainable[n_conv..];
+        for (idx, l) in fc.iter().enumerate().rev() {
+            let (hin, _, _) = &saved[idx];
+            let gw = dz.t().and_then(|t| t.matmul(hin)).map_err(err)?;
+            let gb = dz.sum(0).map_err(err)?;
+            grads.push((gw, gb));
+            let needs_input_grad = idx > 0 || n_conv > 0;
+            if needs_input_grad {
+                let mut dh = dz.matmul(&l.w.as_detached_tensor()).map_err(err)?;
+                if let Some(m) = &saved[idx].1 {
+                    dh = (dh * m).map_err(err)?;
+                }
+                if idx > 0 {
+                    // Through the previous layer's ReLU.
+                    let z_prev = &saved[idx - 1].2;
+                    let on = z_prev.gt(0f32).and_then(|m| m.to_dtype(DType::F32)).map_err(err)?;
+                    dz = (dh * on).map_err(err)?;
+                } else {
+                    dz = dh;
+                }
+            }
+        }
+        grads.reverse();
+        let mut all = Vec::with_capacity(self.trainable.len());
+        if n_conv > 0 {
+            // d(loss)/d(conv params) = d(<conv_out, g>)/d(params) with g the gradient at conv_out.
+            let g = dz.reshape(conv_out.shape()).map_err(err)?;
+            let surrogate = (&conv_out * &g).and_then(|p| p.sum_all()).map_err(err)?;
+            let store = surrogate.backward().map_err(err)?;
+            for l in &self.trainable[..n_conv] {
+                let get = |v: &Var| store.get(v.as_tensor()).cloned().ok_or_else(|| err(format!("no gradient for {}", l.spec.id)));
+                all.push((get(&l.w)?, get(&l.b)?));
+            }
+        }
+        all.extend(grads);
+        Ok((StepStats { loss: (loss / n as f64) as f32, correct }, all))
+    }
+
     /// Forward through the trainable layers; `train` applies dropout.
     fn head(&mut self, mut t: Tensor, train: bool) -> Result<Tensor> {
         for i in 0..self.trainable.len() {
@@ -140,27 +276,15 @@ impl Model for CandleModel {
 
     fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
         let input = self.at_cut(x, stage)?;
-        let logits = self.head(input, true)?;
-        let targets = Tensor::from_slice(labels, labels.len(), &self.device).map_err(err)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets).map_err(err)?;
-        let correct = logits
-            .argmax(1)
-            .and_then(|p| p.eq(&targets))
-            .and_then(|e| e.to_dtype(DType::F32))
-            .and_then(|e| e.sum_all())
-            .and_then(|s| s.to_scalar::<f32>())
-            .map_err(err)? as usize;
-        let grads = loss.backward().map_err(err)?;
+        let (stats, conv_grads) = self.backprop(input, labels)?;
         let opt = self.cfg.optimizer;
-        for l in &mut self.trainable {
+        for (i, l) in self.trainable.iter_mut().enumerate() {
             let lr = if l.spec.id.is_conv() { lr * opt.conv_lr_mult } else { lr } as f64;
-            for (k, var) in [&l.w, &l.b].into_iter().enumerate() {
-                let g = grads.get(var.as_tensor()).ok_or_else(|| err(format!("no gradient for {}", l.spec.id)))?;
-                l.state[k].update(&opt, var, g, lr).map_err(err)?;
-            }
+            let (gw, gb) = &conv_grads[i];
+            l.state[0].update(&opt, &l.w, gw, lr).map_err(err)?;
+            l.state[1].update(&opt, &l.b, gb, lr).map_err(err)?;
         }
-        let loss = loss.to_scalar::<f32>().map_err(err)?;
-        Ok(StepStats { loss, correct })
+        Ok(stats)
     }
 
     fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor> {

@@ -1,1 +1,44 @@
+//! Shared set-up for the cross-backend benchmarks: which backends are built, and inputs.
 
+use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, HostTensor, ModelConfig, WeightSet};
+use rand::{Rng, SeedableRng};
+
+/// Every backend compiled into the benches, on CPU (and CUDA when built with `cuda` and
+/// `ALEXNET_BENCH_CUDA=1`).
+pub fn backends() -> Vec<Box<dyn Backend>> {
+    let mut v: Vec<Box<dyn Backend>> = vec![Box::new(backend_candle::CandleBackend::cpu())];
+    if std::env::var("ALEXNET_BENCH_CUDA").is_ok_and(|v| v == "1") {
+        if let Ok(b) = backend_candle::CandleBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
+            v.push(Box::new(b));
+        }
+    }
+    v
+}
+
+/// A bench id part naming backend and device (`candle`, `candle-cuda0`).
+pub fn label(b: &dyn Backend) -> String {
+    let d = b.device_name();
+    if d == "cpu" { b.name().to_string() } else { format!("{}-{}", b.name(), d.replace(':', "")) }
+}
+
+/// Seeded-random weights for a 5-class AlexNet (speed does not depend on the values).
+pub fn weights() -> WeightSet {
+    WeightSet::initialised(&AlexNetSpec::new(5), 0)
+}
+
+/// A model config for `policy` with default optimiser and dropout.
+pub fn config(policy: &str) -> ModelConfig {
+    ModelConfig::new(policy.parse::<FreezePolicy>().expect("valid policy"))
+}
+
+/// Uniform random input of `shape`.
+pub fn random(shape: Vec<usize>, seed: u64) -> HostTensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    HostTensor { shape, data: (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() }
+}
+
+/// Labels 0..5 cycling.
+pub fn labels(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| i % 5).collect()
+}

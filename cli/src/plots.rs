@@ -171,7 +171,7 @@ impl Figure for ConfusionFigure<'_> {
             .margin(15)
             .x_label_area_size(60)
             .y_label_area_size(110)
-            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())
+            .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())
             .map_err(|e| anyhow!("{e}"))?;
         let label = |v: &SegmentValue<usize>, flip: bool| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => {

@@ -234,7 +234,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         cut: cfg.model.policy.cut_name().to_string(),
         config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
         weights_file: cfg.weights.as_ref().map(|p| p.display().to_string()),
-        layers: p.weights.sources().clone(),
+        layers: out.best.sources().clone(),
         data: p.data,
         cache: p.cache,
         timings,

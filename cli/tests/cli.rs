@@ -1,0 +1,87 @@
+//! The `alexnet` binary's scriptable contract, on a small subset of flower_photos.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn alexnet(args: &[&str], home: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_alexnet")).args(args).env("ALEXNET_HOME", home).output().unwrap()
+}
+
+fn weights() -> PathBuf {
+    let p = std::env::var_os("ALEXNET_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alexnet-rs/weights/alexnet-imagenet-conv.safetensors")
+    });
+    assert!(p.exists(), "{} missing: run `alexnet weights fetch` (scripts/setup.sh does) first", p.display());
+    p
+}
+
+fn subset(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos");
+    let root = dir.join("flowers");
+    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
+        let mut files: Vec<_> = std::fs::read_dir(src.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for f in files.into_iter().take(8) {
+            std::os::unix::fs::symlink(&f, root.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn train_eval_predict_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset(tmp.path());
+    let run = tmp.path().join("run");
+    let w = weights();
+    let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
+    let out = alexnet(
+        &["--backend", "candle", "train", "--data", d, "--finetune", "fc6", "--out", r, "--weights", wp, "--steps", "3", "--batch-size", "8", "--cache-views", "1"],
+        tmp.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fc6, fc7, fc8 start from a seeded random initialisation"), "{stderr}");
+    for f in ["model.safetensors", "model.json", "report.json", "curve.png", "curve.svg", "confusion.png", "confusion.svg"] {
+        assert!(run.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["policy"], "fc6");
+    assert_eq!(report["layers"]["conv1"]["source"], "pretrained");
+    assert_eq!(report["layers"]["fc6"]["source"], "trained");
+
+    let out = alexnet(&["--backend", "candle", "eval", "--model", r, "--data", d], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().next().unwrap();
+    let acc: f64 = line.strip_prefix("accuracy: ").expect(line).parse().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && line.len() == "accuracy: 0.0000".len(), "{line}");
+
+    let out = alexnet(&["eval", "--model", r, "--data", d, "--json"], tmp.path());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["samples"], 40);
+    assert!((j["accuracy"].as_f64().unwrap() - acc).abs() < 1e-4);
+
+    let img = std::fs::read_dir(data.join("tulips")).unwrap().next().unwrap().unwrap().path();
+    let out = alexnet(&["predict", "--model", r, "--top-k", "2", img.to_str().unwrap()], tmp.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.matches('%').count() == 2, "{stdout}");
+}
+
+#[test]
+fn clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["train", "--data", "/nonexistent", "--finetune", "fc9"], "fc9"),
+        (&["--backend", "nope", "train", "--data", "/nonexistent"], "unknown backend"),
+        (&["--device", "gpu", "train", "--data", "/nonexistent"], "cuda:N"),
+    ];
+    for (args, want) in cases {
+        let out = alexnet(args, tmp.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(want), "{args:?}: {stderr}");
+    }
+    let out = alexnet(&["train", "--data", "/nonexistent", "--no-pretrained"], tmp.path());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+}

@@ -61,7 +61,6 @@ pub fn fill_cache(
     if todo.is_empty() {
         return Ok(out);
     }
-    let total_views: usize = todo.iter().map(|t| t.3.len()).sum();
     obs.begin("extract", todo.len() as u64);
     let max_views = todo.iter().map(|t| t.3.len()).max().unwrap_or(1);
     let images_per_batch = (batch / max_views).max(1);
@@ -90,6 +89,7 @@ pub fn fill_cache(
                 Err(e) => return Err(e),
             }
         }
+        out.extracted_views += rows.len();
         if !rows.is_empty() {
             let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
             let feats = model.extract(&HostTensor::stack(&item_shape, &refs))?;
@@ -102,7 +102,6 @@ pub fn fill_cache(
     }
     cache.flush()?;
     obs.end();
-    out.extracted_views = total_views;
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
 }

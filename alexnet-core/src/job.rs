@@ -214,12 +214,15 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
     let eval = |m: &mut dyn Model, x: &Inputs| evaluate(m, x, classes, cfg.train.batch_size);
     let val = eval(p.model.as_mut(), &p.val)?;
     let test = eval(p.model.as_mut(), &p.test)?;
-    let (extracted, ex_s) = p.fill.as_ref().map(|f| (f.extracted_images, f.seconds)).unwrap_or((0, 0.0));
+    let (extracted, views, ex_s) =
+        p.fill.as_ref().map(|f| (f.extracted_images, f.extracted_views, f.seconds)).unwrap_or((0, 0, 0.0));
     let epochs = out.samples as f64 / p.train.len().max(1) as f64;
     let timings = Timings {
         extracted_images: extracted,
+        extracted_views: views,
         extract_seconds: ex_s,
         extract_images_per_second: (extracted > 0).then(|| extracted as f64 / ex_s),
+        extract_views_per_second: (extracted > 0).then(|| views as f64 / ex_s),
         train_seconds: out.train_seconds,
         train_samples: out.samples,
         train_samples_per_second: out.samples as f64 / out.train_seconds.max(1e-9),

@@ -29,8 +29,11 @@ pub struct CurvePoint {
 pub struct Timings {
     /// Images run through the frozen prefix in this run (cache misses).
     pub extracted_images: usize,
+    /// Crops run through the prefix (images × missing views).
+    pub extracted_views: usize,
     pub extract_seconds: f64,
     pub extract_images_per_second: Option<f64>,
+    pub extract_views_per_second: Option<f64>,
     pub train_seconds: f64,
     pub train_samples: usize,
     pub train_samples_per_second: f64,

@@ -3,13 +3,22 @@
 use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, HostTensor, ModelConfig, WeightSet};
 use rand::{Rng, SeedableRng};
 
-/// Every backend compiled into the benches, on CPU (and CUDA when built with `cuda` and
-/// `ALEXNET_BENCH_CUDA=1`).
+/// Every backend compiled into the benches (candle; tch with the `tch` feature) on CPU, and on
+/// CUDA too when `ALEXNET_BENCH_CUDA=1`.
 pub fn backends() -> Vec<Box<dyn Backend>> {
+    let cuda = std::env::var("ALEXNET_BENCH_CUDA").is_ok_and(|v| v == "1");
     let mut v: Vec<Box<dyn Backend>> = vec![Box::new(backend_candle::CandleBackend::cpu())];
-    if std::env::var("ALEXNET_BENCH_CUDA").is_ok_and(|v| v == "1") {
-        if let Ok(b) = backend_candle::CandleBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
-            v.push(Box::new(b));
+    #[cfg(feature = "tch")]
+    v.push(Box::new(backend_tch::TchBackend::cpu()));
+    if cuda {
+        match backend_candle::CandleBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
+            Ok(b) => v.push(Box::new(b)),
+            Err(e) => eprintln!("skipping candle on CUDA: {e}"),
+        }
+        #[cfg(feature = "tch")]
+        match backend_tch::TchBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
+            Ok(b) => v.push(Box::new(b)),
+            Err(e) => eprintln!("skipping tch on CUDA: {e}"),
         }
     }
     v

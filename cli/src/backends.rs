@@ -7,6 +7,8 @@ use anyhow::{bail, Result};
 pub const AVAILABLE: &[&str] = &[
     #[cfg(feature = "candle")]
     "candle",
+    #[cfg(feature = "tch")]
+    "tch",
 ];
 
 /// The backend called `name` on `device`.
@@ -14,10 +16,13 @@ pub fn make(name: &str, device: DeviceSpec) -> Result<Box<dyn Backend>> {
     match name {
         #[cfg(feature = "candle")]
         "candle" => Ok(Box::new(backend_candle::CandleBackend::new(device)?)),
-        "tch" | "burn" => bail!(
-            "backend {name:?} is not built into this binary (available: {}); it has not landed yet",
+        #[cfg(feature = "tch")]
+        "tch" => Ok(Box::new(backend_tch::TchBackend::new(device)?)),
+        "tch" => bail!(
+            "backend \"tch\" is not built into this binary (available: {}): build with `--features tch` and LIBTORCH set (scripts/setup-libtorch.sh)",
             AVAILABLE.join(", ")
         ),
+        "burn" => bail!("backend \"burn\" has not landed yet (available: {})", AVAILABLE.join(", ")),
         _ => bail!("unknown backend {name:?}: expected one of candle, tch, burn (built in: {})", AVAILABLE.join(", ")),
     }
 }

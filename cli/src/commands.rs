@@ -92,11 +92,13 @@ fn print_summary(r: &RunReport) {
     }
     if t.extracted_images > 0 {
         println!(
-            "{:<28} {} images in {:.1}s ({:.1} images/s)",
+            "{:<28} {} images, {} crops in {:.1}s ({:.1} images/s, {:.1} crops/s incl. decoding)",
             "extraction",
             t.extracted_images,
+            t.extracted_views,
             t.extract_seconds,
-            t.extract_images_per_second.unwrap_or(0.0)
+            t.extract_images_per_second.unwrap_or(0.0),
+            t.extract_views_per_second.unwrap_or(0.0)
         );
     }
     println!(

@@ -9,11 +9,13 @@ use std::sync::Mutex;
 pub struct Bars {
     bar: Mutex<Option<ProgressBar>>,
     quiet: bool,
+    /// Without a terminal: (phase, total, last reported tenth), for plain progress lines.
+    plain: Mutex<(String, u64, u64)>,
 }
 
 impl Bars {
     pub fn new(quiet: bool) -> Self {
-        Self { bar: Mutex::new(None), quiet }
+        Self { bar: Mutex::new(None), quiet, plain: Mutex::new((String::new(), 0, 0)) }
     }
 
     fn println(&self, line: &str) {
@@ -42,11 +44,21 @@ impl Observer for Bars {
         );
         bar.set_prefix(phase.to_string());
         *self.bar.lock().unwrap() = Some(bar);
+        *self.plain.lock().unwrap() = (phase.to_string(), total, 0);
     }
 
     fn advance(&self, n: u64) {
         if let Some(b) = self.bar.lock().unwrap().as_ref() {
             b.inc(n);
+            let mut p = self.plain.lock().unwrap();
+            // Training prints its own evaluation lines; extraction gets plain progress lines.
+            if self.quiet && p.0 == "extract" {
+                let tenth = b.position() * 10 / p.1.max(1);
+                if tenth > p.2 {
+                    p.2 = tenth;
+                    eprintln!("{}: {}/{} ({:.1}/s)", p.0, b.position(), p.1, b.per_sec());
+                }
+            }
         }
     }
 

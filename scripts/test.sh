@@ -13,4 +13,12 @@ source scripts/setup-libtorch.sh >/dev/null
 if [ ! -s "$ALEXNET_WEIGHTS" ]; then
   cargo run --quiet -p alexnet-cli -- weights fetch --out "$ALEXNET_WEIGHTS"
 fi
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"

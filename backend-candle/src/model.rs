@@ -187,14 +187,13 @@ impl CandleModel {
         let logits = to_host(&h)?;
         let (n, k) = (logits.batch(), logits.row_len());
         let (mut loss, mut correct, mut dlogits) = (0f64, 0usize, vec![0f32; n * k]);
+        let predicted = alexnet_core::metrics::argmax_rows(&logits);
         for (i, &y) in labels.iter().enumerate() {
             let row = logits.row(i);
             let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
             let sum: f64 = row.iter().map(|v| ((v - max) as f64).exp()).sum();
             loss += sum.ln() + max as f64 - row[y as usize] as f64;
-            if alexnet_core::metrics::argmax_rows(&HostTensor { shape: vec![1, k], data: row.to_vec() })[0] == y {
-                correct += 1;
-            }
+            correct += usize::from(predicted[i] == y);
             for j in 0..k {
                 let p = (((row[j] - max) as f64).exp() / sum) as f32;
                 dlogits[i * k + j] = (p - if j == y as usize { 1.0 } else { 0.0 }) / n as f32;
@@ -241,24 +240,10 @@ impl CandleModel {
         Ok((StepStats { loss: (loss / n as f64) as f32, correct }, all))
     }
 
-    /// Forward through the trainable layers; `train` applies dropout.
-    fn head(&mut self, mut t: Tensor, train: bool) -> Result<Tensor> {
-        for i in 0..self.trainable.len() {
-            let spec = self.trainable[i].spec.clone();
-            let dropout = matches!(spec.kind, LayerKind::Linear { dropout_before: true, .. }) && self.cfg.dropout > 0.0;
-            let mask = if train && dropout {
-                let mask = self.masks.next_mask(t.elem_count());
-                Some(Tensor::from_vec(mask, t.shape(), &self.device).map_err(err)?)
-            } else {
-                None
-            };
-            let l = &self.trainable[i];
-            t = if train {
-                block(&t, &spec, l.w.as_tensor(), l.b.as_tensor(), mask.as_ref())
-            } else {
-                block(&t, &spec, &l.w.as_detached_tensor(), &l.b.as_detached_tensor(), None)
-            }
-            .map_err(err)?;
+    /// Forward through the trainable layers in evaluation mode (no dropout, no graph).
+    fn head_eval(&self, mut t: Tensor) -> Result<Tensor> {
+        for l in &self.trainable {
+            t = block(&t, &l.spec, &l.w.as_detached_tensor(), &l.b.as_detached_tensor(), None).map_err(err)?;
         }
         Ok(t)
     }
@@ -289,7 +274,7 @@ impl Model for CandleModel {
 
     fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor> {
         let input = self.at_cut(x, stage)?;
-        let out = self.head(input, false)?;
+        let out = self.head_eval(input)?;
         to_host(&out)
     }
 

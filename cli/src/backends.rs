@@ -18,6 +18,7 @@ pub fn make(name: &str, device: DeviceSpec) -> Result<Box<dyn Backend>> {
         "candle" => Ok(Box::new(backend_candle::CandleBackend::new(device)?)),
         #[cfg(feature = "tch")]
         "tch" => Ok(Box::new(backend_tch::TchBackend::new(device)?)),
+        #[cfg(not(feature = "tch"))]
         "tch" => bail!(
             "backend \"tch\" is not built into this binary (available: {}): build with `--features tch` and LIBTORCH set (scripts/setup-libtorch.sh)",
             AVAILABLE.join(", ")

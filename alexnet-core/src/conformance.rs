@@ -297,10 +297,7 @@ macro_rules! conformance_tests {
             }
             #[test]
             fn real_weights_and_photos() {
-                let weights = std::env::var_os("ALEXNET_WEIGHTS").map(std::path::PathBuf::from).unwrap_or_else(|| {
-                    std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                        .join(".cache/alexnet-rs/weights/alexnet-imagenet-conv.safetensors")
-                });
+                let weights = $crate::paths::default_weights();
                 let photos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos");
                 $crate::conformance::real_weights_and_photos(&*backend(), &weights, &photos);
             }

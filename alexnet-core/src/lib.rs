@@ -20,6 +20,7 @@ pub mod job;
 mod lpips;
 pub mod metrics;
 pub mod observer;
+pub mod paths;
 #[cfg(feature = "conformance")]
 pub mod reference;
 pub mod report;

@@ -16,9 +16,7 @@ fn flowers() -> PathBuf {
 }
 
 fn pretrained() -> PathBuf {
-    let p = std::env::var_os("ALEXNET_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alexnet-rs/weights/alexnet-imagenet-conv.safetensors")
-    });
+    let p = alexnet_core::paths::default_weights();
     assert!(p.exists(), "{} missing: run `alexnet weights fetch` (scripts/setup.sh does) first", p.display());
     p
 }

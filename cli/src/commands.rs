@@ -3,7 +3,7 @@
 use crate::args::{default_weights, Cli, Command, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
 use crate::progress::Bars;
 use crate::{backends, plots, rundir, weights_cmd};
-use alexnet_core::data::{Dataset, Split, SplitConfig};
+use alexnet_core::data::{Dataset, Split};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::report::RunReport;
 use alexnet_core::train::{evaluate, Inputs};
@@ -66,6 +66,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
         preprocess: cfg.preprocess,
         policy: report.policy.clone(),
         backend: report.backend.clone(),
+        split: cfg.split,
     };
     rundir::save(out, &best, &info)?;
     alexnet_core::write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report)?)?;
@@ -189,7 +190,7 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
     let picked: Vec<_> = ds
         .samples
         .iter()
-        .filter(|s| split.is_none_or(|sp| SplitConfig::default().assign(&s.rel) == sp))
+        .filter(|s| split.is_none_or(|sp| info.split.assign(&s.rel) == sp))
         .collect();
     if picked.is_empty() {
         bail!("{}: no images to evaluate", args.data.display());

@@ -1,6 +1,6 @@
 //! The run folder: trained weights plus what is needed to use them (classes, preprocessing).
 
-use alexnet_core::data::Preprocess;
+use alexnet_core::data::{Preprocess, SplitConfig};
 use alexnet_core::WeightSet;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,9 @@ pub struct ModelInfo {
     pub preprocess: Preprocess,
     pub policy: String,
     pub backend: String,
+    /// The split used in training, so `eval --split test` scores the same images.
+    #[serde(default)]
+    pub split: SplitConfig,
 }
 
 /// Model file names inside a run folder.

@@ -61,6 +61,12 @@ fn train_eval_predict_contract() {
     assert_eq!(j["samples"], 40);
     assert!((j["accuracy"].as_f64().unwrap() - acc).abs() < 1e-4);
 
+    // --split test scores exactly the training run's test images, with its accuracy.
+    let out = alexnet(&["eval", "--model", r, "--data", d, "--split", "test", "--json"], tmp.path());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["samples"], report["data"]["test"]);
+    assert!((j["accuracy"].as_f64().unwrap() - report["test"]["accuracy"].as_f64().unwrap()).abs() < 1e-9);
+
     let img = std::fs::read_dir(data.join("tulips")).unwrap().next().unwrap().unwrap().path();
     let out = alexnet(&["predict", "--model", r, "--top-k", "2", img.to_str().unwrap()], tmp.path());
     let stdout = String::from_utf8_lossy(&out.stdout);

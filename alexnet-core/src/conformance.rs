@@ -131,21 +131,7 @@ pub fn adam_steps_match_reference(b: &dyn Backend) {
 }
 
 fn loss_of(m: &mut dyn crate::Model, x: &HostTensor, labels: &[u32]) -> f64 {
-    let logits = m.logits(x, Stage::Cut).unwrap();
-    let k = logits.row_len();
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, &y)| {
-            let r = logits.row(i);
-            let max = r.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
-            let s: f64 = r.iter().map(|v| (*v as f64 - max).exp()).sum();
-            s.ln() + max - r[y as usize] as f64
-        })
-        .sum::<f64>()
-        / k.max(1) as f64
-        * k as f64
-        / labels.len() as f64
+    crate::metrics::cross_entropy(&m.logits(x, Stage::Cut).unwrap(), labels).0
 }
 
 /// A conv5–fc8 step (autograd through conv5 and its max-pool) moves conv5 along the negative

@@ -19,6 +19,25 @@ pub fn argmax_rows(logits: &HostTensor) -> Vec<u32> {
         .collect()
 }
 
+/// Mean softmax cross-entropy of `[N, C]` logits against `labels`, and its gradient with respect
+/// to the logits (`(softmax − one_hot) / N`, row-major). Computed in f64 for stability.
+pub fn cross_entropy(logits: &HostTensor, labels: &[u32]) -> (f64, Vec<f32>) {
+    let (n, k) = (logits.batch(), logits.row_len());
+    let mut loss = 0f64;
+    let mut grad = vec![0f32; n * k];
+    for (i, &y) in labels.iter().enumerate() {
+        let row = logits.row(i);
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
+        let sum: f64 = row.iter().map(|v| (*v as f64 - max).exp()).sum();
+        loss += sum.ln() + max - row[y as usize] as f64;
+        for j in 0..k {
+            let p = (row[j] as f64 - max).exp() / sum;
+            grad[i * k + j] = ((p - f64::from(j == y as usize)) / n as f64) as f32;
+        }
+    }
+    (loss / n.max(1) as f64, grad)
+}
+
 /// A confusion matrix: `counts[true][predicted]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
@@ -91,5 +110,16 @@ mod tests {
         assert_eq!(c.accuracy(), 0.75);
         assert_eq!(c.per_class(), vec![Some(1.0), Some(2.0 / 3.0), None]);
         assert_eq!(c.counts[1][2], 1);
+    }
+
+    #[test]
+    fn cross_entropy_and_its_gradient() {
+        let logits = HostTensor::new(vec![2, 2], vec![0.0, 0.0, 2.0, 0.0]).unwrap();
+        let (loss, grad) = cross_entropy(&logits, &[0, 1]);
+        let p = 1.0 / (1.0 + (-2f64).exp()); // softmax of the 2 in row 2
+        assert!((loss - (2f64.ln() + -(1.0 - p).ln()) / 2.0).abs() < 1e-12);
+        assert_eq!(grad[0], -0.25);
+        assert!((grad[3] as f64 - (1.0 - p - 1.0) / 2.0).abs() < 1e-7);
+        assert!((grad.iter().sum::<f32>()).abs() < 1e-7);
     }
 }

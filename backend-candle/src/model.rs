@@ -186,19 +186,9 @@ impl CandleModel {
         // Softmax cross-entropy on the host: [N, classes] is tiny.
         let logits = to_host(&h)?;
         let (n, k) = (logits.batch(), logits.row_len());
-        let (mut loss, mut correct, mut dlogits) = (0f64, 0usize, vec![0f32; n * k]);
+        let (loss, dlogits) = alexnet_core::metrics::cross_entropy(&logits, labels);
         let predicted = alexnet_core::metrics::argmax_rows(&logits);
-        for (i, &y) in labels.iter().enumerate() {
-            let row = logits.row(i);
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-            let sum: f64 = row.iter().map(|v| ((v - max) as f64).exp()).sum();
-            loss += sum.ln() + max as f64 - row[y as usize] as f64;
-            correct += usize::from(predicted[i] == y);
-            for j in 0..k {
-                let p = (((row[j] - max) as f64).exp() / sum) as f32;
-                dlogits[i * k + j] = (p - if j == y as usize { 1.0 } else { 0.0 }) / n as f32;
-            }
-        }
+        let correct = predicted.iter().zip(labels).filter(|(p, y)| p == y).count();
         let mut dz = Tensor::from_vec(dlogits, (n, k), &self.device).map_err(err)?;
         // Backward through the fully connected layers, last to first.
         let mut grads: Vec<(Tensor, Tensor)> = Vec::new();
@@ -237,7 +227,7 @@ impl CandleModel {
             }
         }
         all.extend(grads);
-        Ok((StepStats { loss: (loss / n as f64) as f32, correct }, all))
+        Ok((StepStats { loss: loss as f32, correct }, all))
     }
 
     /// Forward through the trainable layers in evaluation mode (no dropout, no graph).

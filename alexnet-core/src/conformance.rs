@@ -284,9 +284,40 @@ macro_rules! conformance_tests {
             #[test]
             fn real_weights_and_photos() {
                 let weights = $crate::paths::default_weights();
-                let photos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos");
+                let photos = $crate::conformance::flower_photos(env!("CARGO_MANIFEST_DIR"));
                 $crate::conformance::real_weights_and_photos(&*backend(), &weights, &photos);
             }
         }
     };
+}
+
+/// `../shared/data/flower_photos` as seen from a crate of this workspace.
+pub fn flower_photos(manifest_dir: &str) -> std::path::PathBuf {
+    Path::new(manifest_dir).join("../../shared/data/flower_photos")
+}
+
+/// A folder of symlinks to the first `per_class` photos of each flower_photos class, inside
+/// `dir` (the data set itself is never copied).
+pub fn flower_subset(manifest_dir: &str, dir: &Path, per_class: usize) -> std::path::PathBuf {
+    let src = flower_photos(manifest_dir);
+    let root = dir.join("flowers");
+    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
+        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
+            .unwrap_or_else(|e| panic!("{}: {e}", src.join(class).display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for f in files.into_iter().take(per_class) {
+            std::os::unix::fs::symlink(&f, root.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    root
+}
+
+/// The default pretrained weights file, which tests need to exist.
+pub fn pretrained_weights() -> std::path::PathBuf {
+    let p = crate::paths::default_weights();
+    assert!(p.exists(), "{} missing: run `alexnet weights fetch` (scripts/test.sh does) first", p.display());
+    p
 }

@@ -2,38 +2,18 @@
 //! training reduces the loss, the cache is reused, and anything that changes the features
 //! (weights, crop) or damages the cache triggers re-extraction.
 
+use alexnet_core::conformance::{flower_subset, pretrained_weights};
 use alexnet_core::job::{run, JobConfig};
 use alexnet_core::observer::Silent;
 use alexnet_core::train::LrSchedule;
 use alexnet_core::{FreezePolicy, WeightSet};
 use backend_candle::CandleBackend;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const PER_CLASS: usize = 10;
 
-fn flowers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos")
-}
 
-fn pretrained() -> PathBuf {
-    let p = alexnet_core::paths::default_weights();
-    assert!(p.exists(), "{} missing: run `alexnet weights fetch` (scripts/setup.sh does) first", p.display());
-    p
-}
 
-/// A folder of symlinks to the first photos of each class (the data set is never copied).
-fn subset(dir: &Path) -> PathBuf {
-    let root = dir.join("flowers");
-    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
-        let mut files: Vec<_> = std::fs::read_dir(flowers().join(class)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for f in files.into_iter().take(PER_CLASS) {
-            std::os::unix::fs::symlink(&f, root.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    root
-}
 
 fn config(data: &Path, cache: &Path, weights: &Path) -> JobConfig {
     let mut cfg = JobConfig::new(data);
@@ -54,9 +34,9 @@ fn config(data: &Path, cache: &Path, weights: &Path) -> JobConfig {
 #[test]
 fn trains_reuses_and_invalidates_the_cache() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = subset(tmp.path());
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), PER_CLASS);
     let cache = tmp.path().join("cache");
-    let weights = pretrained();
+    let weights = pretrained_weights();
     let backend = CandleBackend::cpu();
     let cfg = config(&data, &cache, &weights);
 
@@ -118,8 +98,8 @@ fn trains_reuses_and_invalidates_the_cache() {
 #[test]
 fn conv5_and_uncached_runs_train() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = subset(tmp.path());
-    let weights = pretrained();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), PER_CLASS);
+    let weights = pretrained_weights();
     let backend = CandleBackend::cpu();
     let mut cfg = config(&data, &tmp.path().join("cache"), &weights);
     cfg.train.epochs = 1;
@@ -144,8 +124,8 @@ fn conv5_and_uncached_runs_train() {
 #[test]
 fn bad_inputs_fail_clearly_or_are_skipped() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = subset(tmp.path());
-    let weights = pretrained();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), PER_CLASS);
+    let weights = pretrained_weights();
     let backend = CandleBackend::cpu();
     let bad = data.join("roses/zz-broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 truncated jpeg").unwrap();

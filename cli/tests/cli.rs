@@ -1,38 +1,21 @@
 //! The `alexnet` binary's scriptable contract, on a small subset of flower_photos.
 
-use std::path::{Path, PathBuf};
+use alexnet_core::conformance::{flower_subset, pretrained_weights};
+use std::path::Path;
 use std::process::Command;
 
 fn alexnet(args: &[&str], home: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_alexnet")).args(args).env("ALEXNET_HOME", home).output().unwrap()
 }
 
-fn weights() -> PathBuf {
-    let p = alexnet_core::paths::default_weights();
-    assert!(p.exists(), "{} missing: run `alexnet weights fetch` (scripts/setup.sh does) first", p.display());
-    p
-}
 
-fn subset(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos");
-    let root = dir.join("flowers");
-    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
-        let mut files: Vec<_> = std::fs::read_dir(src.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for f in files.into_iter().take(8) {
-            std::os::unix::fs::symlink(&f, root.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    root
-}
 
 #[test]
 fn train_eval_predict_contract() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = subset(tmp.path());
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 8);
     let run = tmp.path().join("run");
-    let w = weights();
+    let w = pretrained_weights();
     let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
     let out = alexnet(
         &["--backend", "candle", "train", "--data", d, "--finetune", "fc6", "--out", r, "--weights", wp, "--steps", "3", "--batch-size", "8", "--cache-views", "1"],

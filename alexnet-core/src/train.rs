@@ -199,8 +199,10 @@ pub fn train(
         return Err(Error::Config("the training split is empty; lower --val-percent/--test-percent or add images".into()));
     }
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
-    let total = cfg.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * cfg.epochs.max(1));
-    let total = if cfg.epochs == 0 { cfg.max_steps.unwrap_or(0) } else { total };
+    let total = match cfg.epochs {
+        0 => cfg.max_steps.unwrap_or(0),
+        e => (steps_per_epoch * e).min(cfg.max_steps.unwrap_or(usize::MAX)),
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let (mut step, mut samples) = (0usize, 0usize);
     let (mut train_s, mut eval_s) = (0f64, 0f64);

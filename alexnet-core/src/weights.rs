@@ -167,17 +167,19 @@ impl WeightSet {
             .and_then(|s| serde_json::from_str(s).ok())
             .ok_or_else(|| bad("no alexnet.spec metadata; not a checkpoint written by alexnet".into()))?;
         spec.validate().map_err(|e| bad(e.to_string()))?;
-        let mut w = Self::initialised(&spec, 0);
+        let mut tensors = tensors;
+        let mut w = Self { spec, tensors: BTreeMap::new(), sources: BTreeMap::new() };
         for (name, shape) in spec.param_shapes() {
-            let t = tensors.get(&name).ok_or_else(|| bad(format!("missing tensor {name}")))?;
+            let t = tensors.remove(&name).ok_or_else(|| bad(format!("missing tensor {name}")))?;
             if t.shape != shape {
                 return Err(bad(format!("{name}: shape {:?}, expected {shape:?}", t.shape)));
             }
+            w.tensors.insert(name, t);
         }
-        w.tensors = spec.param_shapes().into_iter().map(|(n, _)| (n.clone(), tensors[&n].clone())).collect();
-        if let Some(src) = meta.get("alexnet.sources").and_then(|s| serde_json::from_str(s).ok()) {
-            w.sources = src;
-        }
+        w.sources = meta
+            .get("alexnet.sources")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_else(|| LayerId::ALL.into_iter().map(|l| (l, LayerSource::Initialised { seed: 0 })).collect());
         Ok(w)
     }
 

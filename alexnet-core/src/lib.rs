@@ -14,6 +14,7 @@ pub mod cache;
 pub mod conformance;
 pub mod data;
 mod error;
+pub mod experiment;
 pub mod extract;
 pub mod freeze;
 pub mod job;

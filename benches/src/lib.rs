@@ -3,13 +3,14 @@
 use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, HostTensor, ModelConfig, WeightSet};
 use rand::{Rng, SeedableRng};
 
-/// Every backend compiled into the benches (candle; tch with the `tch` feature) on CPU, and on
-/// CUDA too when `ALEXNET_BENCH_CUDA=1`.
+/// Every backend compiled into the benches (candle, burn; tch with the `tch` feature) on CPU, and
+/// candle/tch on CUDA too when `ALEXNET_BENCH_CUDA=1` (burn is CPU-only here).
 pub fn backends() -> Vec<Box<dyn Backend>> {
     let cuda = std::env::var("ALEXNET_BENCH_CUDA").is_ok_and(|v| v == "1");
     let mut v: Vec<Box<dyn Backend>> = vec![Box::new(backend_candle::CandleBackend::cpu())];
     #[cfg(feature = "tch")]
     v.push(Box::new(backend_tch::TchBackend::cpu()));
+    v.push(Box::new(backend_burn::BurnBackend::cpu()));
     if cuda {
         match backend_candle::CandleBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
             Ok(b) => v.push(Box::new(b)),
@@ -27,7 +28,7 @@ pub fn backends() -> Vec<Box<dyn Backend>> {
 /// A bench id part naming backend and device (`candle`, `candle-cuda0`).
 pub fn label(b: &dyn Backend) -> String {
     let d = b.device_name();
-    if d == "cpu" { b.name().to_string() } else { format!("{}-{}", b.name(), d.replace(':', "")) }
+    if d.starts_with("cpu") { b.name().to_string() } else { format!("{}-{}", b.name(), d.replace(':', "")) }
 }
 
 /// Seeded-random weights for a 5-class AlexNet (speed does not depend on the values).

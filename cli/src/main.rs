@@ -3,6 +3,7 @@
 mod args;
 mod backends;
 mod commands;
+mod experiment;
 mod plots;
 mod progress;
 mod rundir;

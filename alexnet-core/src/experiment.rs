@@ -1,0 +1,193 @@
+//! The reference experiment: fine-tune at several depths (and on several backends) with the same
+//! data, split, weights and step budget, record accuracy against step and wall time, and time the
+//! feature cache against running the frozen layers at every step.
+
+use crate::backend::Backend;
+use crate::freeze::FreezePolicy;
+use crate::job::{run, JobConfig};
+use crate::observer::Observer;
+use crate::report::RunReport;
+use crate::weights::{LayerSource, WeightSet};
+use crate::{LayerId, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// What to compare.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentConfig {
+    /// Data, weights, split, preprocessing, optimiser and cache settings shared by every run; the
+    /// policy and step budget are set per run.
+    pub base: JobConfig,
+    /// Fine-tune depths, in the order they are run.
+    pub policies: Vec<FreezePolicy>,
+    /// Training steps per run.
+    pub steps: usize,
+    /// Evaluate (val and test) every this many steps.
+    pub eval_every: usize,
+    /// The policy whose cached and uncached step speeds are compared; `None` skips it.
+    pub no_cache_policy: Option<FreezePolicy>,
+    /// Steps of the uncached timing run (the speed settles after a few steps).
+    pub no_cache_steps: usize,
+}
+
+impl ExperimentConfig {
+    /// The article's comparison: fc6, conv5, conv4 and all, for `steps` steps each; fc7 and fc8
+    /// first when `weights` holds pretrained fc6/fc7 (freezing random layers would be meaningless).
+    pub fn new(base: JobConfig, weights: Option<&WeightSet>, steps: usize) -> Self {
+        Self {
+            base,
+            policies: default_policies(weights),
+            steps,
+            eval_every: (steps / 10).max(1),
+            no_cache_policy: Some(FreezePolicy::from_layer(LayerId::Fc6)),
+            no_cache_steps: 20,
+        }
+    }
+}
+
+/// fc6, conv5, conv4, all; with fc8 and fc7 in front when fc6 and fc7 are pretrained.
+pub fn default_policies(weights: Option<&WeightSet>) -> Vec<FreezePolicy> {
+    let pretrained = |l| weights.and_then(|w| w.source(l)).is_some_and(|s| matches!(s, LayerSource::Pretrained { .. }));
+    let mut out = vec![];
+    if pretrained(LayerId::Fc6) && pretrained(LayerId::Fc7) {
+        out.extend([FreezePolicy::from_layer(LayerId::Fc8), FreezePolicy::from_layer(LayerId::Fc7)]);
+    }
+    out.extend([
+        FreezePolicy::from_layer(LayerId::Fc6),
+        FreezePolicy::from_layer(LayerId::Conv5),
+        FreezePolicy::from_layer(LayerId::Conv4),
+        FreezePolicy::all(),
+    ]);
+    out
+}
+
+/// One backend's cached against uncached training speed for one policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheSpeedup {
+    pub backend: String,
+    pub device: String,
+    pub policy: String,
+    pub cached_samples_per_second: f64,
+    pub uncached_samples_per_second: f64,
+    /// Cached over uncached step speed.
+    pub speedup: f64,
+    /// Seconds the cache took to fill in this experiment (0 when it was already on disk).
+    pub extract_seconds: f64,
+    /// Crops per second through the frozen layers while filling (incl. decoding), when filled here.
+    pub extract_views_per_second: Option<f64>,
+}
+
+/// Everything the experiment measured: one report per (backend, policy), and the cache timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentReport {
+    pub tool: String,
+    pub steps: usize,
+    pub eval_every: usize,
+    pub batch_size: usize,
+    pub runs: Vec<RunReport>,
+    pub cache_speedups: Vec<CacheSpeedup>,
+}
+
+/// Runs the experiment on each backend in turn. `obs` sees every run's progress; `on_run` gets
+/// each report as it finishes (so a caller can save partial results).
+pub fn run_experiment(
+    backends: &[&dyn Backend],
+    cfg: &ExperimentConfig,
+    obs: &dyn Observer,
+    on_run: &mut dyn FnMut(&ExperimentReport),
+) -> Result<ExperimentReport> {
+    let mut rep = ExperimentReport {
+        tool: format!("alexnet-rs {}", env!("CARGO_PKG_VERSION")),
+        steps: cfg.steps,
+        eval_every: cfg.eval_every,
+        batch_size: cfg.base.train.batch_size,
+        runs: vec![],
+        cache_speedups: vec![],
+    };
+    for backend in backends {
+        for policy in &cfg.policies {
+            obs.message(&format!("experiment: {} · fine-tune {policy} · {} steps", backend.name(), cfg.steps));
+            let (report, _) = run(*backend, &job_for(cfg, *policy, cfg.steps, true), obs)?;
+            rep.runs.push(report);
+            on_run(&rep);
+        }
+        if let Some(policy) = cfg.no_cache_policy.filter(|p| p.has_frozen_prefix()) {
+            let cached = match rep.runs.iter().find(|r| r.backend == backend.name() && r.policy == policy.to_string()) {
+                Some(r) => r.clone(),
+                None => run(*backend, &job_for(cfg, policy, cfg.no_cache_steps.max(1), true), obs)?.0,
+            };
+            obs.message(&format!("experiment: {} · fine-tune {policy} without the cache · {} steps", backend.name(), cfg.no_cache_steps));
+            let (uncached, _) = run(*backend, &job_for(cfg, policy, cfg.no_cache_steps.max(1), false), obs)?;
+            let (c, u) = (cached.timings.train_samples_per_second, uncached.timings.train_samples_per_second);
+            rep.cache_speedups.push(CacheSpeedup {
+                backend: backend.name().to_string(),
+                device: backend.device_name(),
+                policy: policy.to_string(),
+                cached_samples_per_second: c,
+                uncached_samples_per_second: u,
+                speedup: c / u.max(1e-12),
+                extract_seconds: cached.timings.extract_seconds,
+                extract_views_per_second: cached.timings.extract_views_per_second,
+            });
+            on_run(&rep);
+        }
+    }
+    Ok(rep)
+}
+
+fn job_for(cfg: &ExperimentConfig, policy: FreezePolicy, steps: usize, cache: bool) -> JobConfig {
+    let mut job = cfg.base.clone();
+    job.model.policy = policy;
+    job.cache.enabled = cache;
+    job.train.max_steps = Some(steps);
+    // Enough epochs that the step budget, not the epoch count, ends the run.
+    job.train.epochs = steps;
+    job.train.eval_every = Some(if cache { cfg.eval_every.max(1) } else { steps });
+    job
+}
+
+impl ExperimentReport {
+    /// A markdown table: per run, best-validation test accuracy, best test accuracy seen, and
+    /// the times; then the cache speed-ups.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| backend | fine-tune | trains | test acc. (best val) | best test seen | steps | train s | samples/s | cache fill s |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for r in &self.runs {
+            let policy: FreezePolicy = r.policy.parse().unwrap_or_default();
+            let t = policy.trainable();
+            let best_seen = r.curve.iter().filter_map(|p| p.test_accuracy).fold(f64::NAN, f64::max);
+            let steps = r.curve.last().map(|p| p.step).unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}–{} | {:.2}% | {:.2}% | {} | {:.0} | {:.1} | {} |",
+                r.backend,
+                r.policy,
+                t[0],
+                t[t.len() - 1],
+                100.0 * r.test.accuracy,
+                100.0 * best_seen,
+                steps,
+                r.timings.train_seconds,
+                r.timings.train_samples_per_second,
+                if r.cache.is_some() { format!("{:.0}", r.timings.extract_seconds) } else { "no cache".into() },
+            );
+        }
+        if !self.cache_speedups.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "| backend | fine-tune | cached samples/s | uncached samples/s | cache speed-up |");
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for c in &self.cache_speedups {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {:.1} | {:.1}× |",
+                    c.backend, c.policy, c.cached_samples_per_second, c.uncached_samples_per_second, c.speedup
+                );
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,109 @@
+//! `alexnet experiment`: the reference article's freeze-depth comparison in one command.
+
+use crate::args::ExperimentArgs;
+use crate::commands::{bars, resolve_weights};
+use crate::plots::{both, LineChart, Series};
+use alexnet_core::data::Dataset;
+use alexnet_core::experiment::{run_experiment, ExperimentConfig, ExperimentReport};
+use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, WeightSet};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
+    let weights_path = resolve_weights(&args.data)?;
+    let mut base = args.data.job_config(weights_path.clone());
+    base.train.max_steps = Some(args.steps);
+    args.optim.apply(&mut base, args.steps);
+    // The default depths depend on which layers the weights file really has.
+    let weights = match &weights_path {
+        Some(p) => {
+            let classes = Dataset::scan(&args.data.data)?.classes.len();
+            let spec = AlexNetSpec::new(classes).with_crop_size(args.data.crop as usize);
+            Some(WeightSet::load_pretrained(p, &spec, args.data.seed)?)
+        }
+        None => None,
+    };
+    let mut cfg = ExperimentConfig::new(base, weights.as_ref(), args.steps);
+    if !args.policies.is_empty() {
+        cfg.policies = args.policies.clone();
+    }
+    if let Some(k) = args.eval_every {
+        cfg.eval_every = k.max(1);
+    }
+    cfg.no_cache_policy = match args.speedup_policy.as_str() {
+        "none" => None,
+        p => Some(p.parse::<FreezePolicy>().context("--speedup-policy")?),
+    };
+    cfg.no_cache_steps = args.no_cache_steps;
+
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let policies: Vec<String> = cfg.policies.iter().map(|p| p.to_string()).collect();
+    eprintln!(
+        "alexnet experiment · backends {} · depths {} · {} steps each, evaluated every {} · writing {}",
+        names.join(", "),
+        policies.join(", "),
+        cfg.steps,
+        cfg.eval_every,
+        out.display()
+    );
+    let refs: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
+    let obs = bars();
+    let mut save_err = None;
+    // Results are written after every run, so an interrupted experiment keeps what it measured.
+    let rep = run_experiment(&refs, &cfg, &obs, &mut |r| {
+        if let Err(e) = write(&out, r) {
+            save_err.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = save_err {
+        return Err(e);
+    }
+    let written = write(&out, &rep)?;
+    println!();
+    print!("{}", rep.markdown());
+    println!();
+    println!("wrote: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+/// Writes the JSON, the markdown table and both plots; returns the paths.
+fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
+    let json = out.join("experiment.json");
+    alexnet_core::write_atomic(&json, &serde_json::to_vec_pretty(rep)?)?;
+    let md = out.join("experiment.md");
+    alexnet_core::write_atomic(&md, rep.markdown().as_bytes())?;
+    let mut written = vec![json, md];
+    if rep.runs.is_empty() {
+        return Ok(written);
+    }
+    let several = rep.runs.iter().any(|r| r.backend != rep.runs[0].backend);
+    let series = |x: &dyn Fn(&alexnet_core::report::CurvePoint) -> f64| -> Vec<Series> {
+        rep.runs
+            .iter()
+            .map(|r| Series {
+                name: if several { format!("{} · {}", r.backend, r.policy) } else { r.policy.clone() },
+                points: r.curve.iter().filter_map(|p| p.test_accuracy.map(|a| (x(p), a))).collect(),
+            })
+            .collect()
+    };
+    let title = format!("test accuracy by fine-tune depth · {} · batch {}", rep.runs[0].device, rep.batch_size);
+    let by_step = series(&|p| p.step as f64);
+    written.extend(both(&out.join("accuracy_vs_step"), (1000, 620), &LineChart {
+        title: &title,
+        x_label: "training step",
+        y_label: "test accuracy",
+        series: &by_step,
+        y_range: Some((0.0, 1.0)),
+    })?);
+    let by_time = series(&|p| p.train_seconds);
+    written.extend(both(&out.join("accuracy_vs_time"), (1000, 620), &LineChart {
+        title: &title,
+        x_label: "training wall-clock seconds (excl. evaluation and cache fill)",
+        y_label: "test accuracy",
+        series: &by_time,
+        y_range: Some((0.0, 1.0)),
+    })?);
+    Ok(written)
+}

@@ -14,7 +14,9 @@ use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
-/// A layer's weight: 4-d for conv, 2-d (torchvision's `[out, in]`) for linear.
+/// A layer's weight: 4-d for conv; 2-d for linear, held as `[in, out]` (torchvision's `[out, in]`
+/// transposed at upload and download), so `x·w` and its weight gradient are contiguous and the
+/// optimiser's element-wise passes run over matching layouts.
 enum Weight {
     Conv(Param<4>),
     Linear(Param<2>),
@@ -47,7 +49,10 @@ impl<const D: usize> Param<D> {
     /// Applies one optimiser step with this parameter's gradient from `grads`.
     fn step(&mut self, grads: &mut Gradients, cfg: &ModelConfig, lr: f64, step: i32) -> Option<()> {
         let g = self.t.grad_remove(grads)?;
-        let p = update(cfg, self.value(), g, &mut self.m, &mut self.v, lr, step);
+        // Take the tensor out so the update owns its only handle: burn then updates in place.
+        let empty = Tensor::<D>::empty([0; D], &self.t.device().inner());
+        let p = std::mem::replace(&mut self.t, empty).inner();
+        let p = update(cfg, p, g, &mut self.m, &mut self.v, lr, step);
         self.t = p.autodiff().require_grad();
         Some(())
     }
@@ -82,6 +87,23 @@ fn download<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
     let shape = t.dims().to_vec();
     let data = t.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
     HostTensor::new(shape, data)
+}
+
+/// `[r, c]` → `[c, r]` on the host, in cache-sized tiles.
+fn transpose(t: &HostTensor) -> Result<HostTensor> {
+    let [r, c] = t.shape[..] else { return Err(err(format!("expected a 2-d weight, got shape {:?}", t.shape))) };
+    let mut out = vec![0f32; r * c];
+    const TILE: usize = 64;
+    for i0 in (0..r).step_by(TILE) {
+        for j0 in (0..c).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(r) {
+                for j in j0..(j0 + TILE).min(c) {
+                    out[j * r + i] = t.data[i * c + j];
+                }
+            }
+        }
+    }
+    HostTensor::new(vec![c, r], out)
 }
 
 fn act_to_host(a: Act) -> Result<HostTensor> {
@@ -136,7 +158,7 @@ fn block(x: Act, spec: &LayerSpec, w: Act, b: Tensor<1>, mask: Option<Tensor<2>>
                 Some(m) => x.mul(m),
                 None => x,
             };
-            let y = x.matmul(w.transpose()).add(b.unsqueeze_dim(0));
+            let y = x.matmul(w).add(b.unsqueeze_dim(0));
             Ok(Act::Flat(if *relu_after { relu(y) } else { y }))
         }
         _ => Err(err(format!("{}: input does not match the layer kind", spec.id.name()))),
@@ -193,7 +215,7 @@ impl Layer {
         let (w, b) = weights.layer(spec.id);
         let w = match spec.kind {
             LayerKind::Conv { .. } => Weight::Conv(Param::new(upload(w, device)?, train)),
-            LayerKind::Linear { .. } => Weight::Linear(Param::new(upload(w, device)?, train)),
+            LayerKind::Linear { .. } => Weight::Linear(Param::new(upload(&transpose(w)?, device)?, train)),
         };
         Ok(Self { spec, w, b: Param::new(upload(b, device)?, train) })
     }
@@ -221,7 +243,7 @@ impl Layer {
     fn read(&self) -> Result<(HostTensor, HostTensor)> {
         let w = match &self.w {
             Weight::Conv(p) => download(p.value())?,
-            Weight::Linear(p) => download(p.value())?,
+            Weight::Linear(p) => transpose(&download(p.value())?)?,
         };
         Ok((w, download(self.b.value())?))
     }
@@ -298,13 +320,14 @@ impl Model for BurnModel {
         let mut grads = loss.backward();
         let host_logits = download(logits.inner())?;
         let correct = argmax_rows(&host_logits).iter().zip(labels).filter(|(p, l)| **p == **l).count();
+        // Dropping the graph releases its handles on the parameters, so they update in place.
+        let loss = loss.inner().into_scalar::<f32>();
         self.steps += 1;
         let (cfg, step) = (self.cfg, self.steps);
         for l in &mut self.trainable {
             let lr = if l.spec.id.is_conv() { lr * cfg.optimizer.conv_lr_mult } else { lr } as f64;
             l.step(&mut grads, &cfg, lr, step)?;
         }
-        let loss = loss.inner().into_scalar::<f32>();
         Ok(StepStats { loss, correct })
     }
 

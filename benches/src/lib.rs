@@ -4,7 +4,8 @@ use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, HostTensor, ModelConfig, 
 use rand::{Rng, SeedableRng};
 
 /// Every backend compiled into the benches (candle, burn; tch with the `tch` feature) on CPU, and
-/// candle/tch on CUDA too when `ALEXNET_BENCH_CUDA=1` (burn is CPU-only here).
+/// on the GPU too when `ALEXNET_BENCH_CUDA=1` (candle and tch on CUDA; burn through Vulkan with
+/// the `vulkan` feature).
 pub fn backends() -> Vec<Box<dyn Backend>> {
     let cuda = std::env::var("ALEXNET_BENCH_CUDA").is_ok_and(|v| v == "1");
     let mut v: Vec<Box<dyn Backend>> = vec![Box::new(backend_candle::CandleBackend::cpu())];
@@ -20,6 +21,11 @@ pub fn backends() -> Vec<Box<dyn Backend>> {
         match backend_tch::TchBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
             Ok(b) => v.push(Box::new(b)),
             Err(e) => eprintln!("skipping tch on CUDA: {e}"),
+        }
+        #[cfg(feature = "vulkan")]
+        match backend_burn::BurnBackend::new(alexnet_core::DeviceSpec::Cuda(0)) {
+            Ok(b) => v.push(Box::new(b)),
+            Err(e) => eprintln!("skipping burn on the GPU: {e}"),
         }
     }
     v

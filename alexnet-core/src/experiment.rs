@@ -191,3 +191,38 @@ impl ExperimentReport {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::AlexNetSpec;
+
+    fn names(p: &[FreezePolicy]) -> Vec<String> {
+        p.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn default_depths_follow_the_weights() {
+        let mut w = WeightSet::initialised(&AlexNetSpec::new(5), 0);
+        assert_eq!(names(&default_policies(None)), ["fc6", "conv5", "conv4", "all"]);
+        for l in [LayerId::Conv1, LayerId::Conv2, LayerId::Conv3, LayerId::Conv4, LayerId::Conv5] {
+            w.set_source(l, LayerSource::Pretrained { file: "conv.safetensors".into() });
+        }
+        assert_eq!(names(&default_policies(Some(&w))), ["fc6", "conv5", "conv4", "all"]);
+        // Freezing fc6/fc7 only makes sense when they are pretrained.
+        w.set_source(LayerId::Fc6, LayerSource::Pretrained { file: "full.safetensors".into() });
+        w.set_source(LayerId::Fc7, LayerSource::Pretrained { file: "full.safetensors".into() });
+        assert_eq!(names(&default_policies(Some(&w))), ["fc8", "fc7", "fc6", "conv5", "conv4", "all"]);
+    }
+
+    #[test]
+    fn runs_are_budgeted_by_steps() {
+        let cfg = ExperimentConfig::new(JobConfig::new("data"), None, 120);
+        assert_eq!(cfg.eval_every, 12);
+        let job = job_for(&cfg, FreezePolicy::from_layer(LayerId::Conv5), 120, true);
+        assert_eq!((job.train.max_steps, job.train.eval_every, job.cache.enabled), (Some(120), Some(12), true));
+        assert_eq!(job.model.policy.to_string(), "conv5");
+        let timing = job_for(&cfg, FreezePolicy::default(), 20, false);
+        assert_eq!((timing.train.max_steps, timing.train.eval_every, timing.cache.enabled), (Some(20), Some(20), false));
+    }
+}

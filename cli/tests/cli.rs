@@ -72,3 +72,49 @@ fn clear_errors() {
     let out = alexnet(&["train", "--data", "/nonexistent", "--no-pretrained"], tmp.path());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
 }
+
+/// `--backend all experiment`: every built backend at two depths, the cache timing, the table,
+/// the JSON and both plots.
+#[test]
+fn experiment_compares_depths_and_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6);
+    let out_dir = tmp.path().join("exp");
+    let w = pretrained_weights();
+    let (d, o, wp) = (data.to_str().unwrap(), out_dir.to_str().unwrap(), w.to_str().unwrap());
+    let args = [
+        "--backend", "all", "experiment", "--data", d, "--weights", wp, "--policies", "fc6,conv5", "--steps", "4",
+        "--eval-every", "2", "--no-cache-steps", "2", "--batch-size", "6", "--cache-views", "1", "--out", o,
+    ];
+    let out = alexnet(&args, tmp.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["experiment.json", "experiment.md", "accuracy_vs_step.png", "accuracy_vs_step.svg", "accuracy_vs_time.png", "accuracy_vs_time.svg"] {
+        assert!(out_dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("experiment.json")).unwrap()).unwrap();
+    let runs = rep["runs"].as_array().unwrap();
+    // Every backend built into the binary, in order: candle and burn by default (tch with its feature).
+    let mut backends: Vec<&str> = runs.iter().map(|r| r["backend"].as_str().unwrap()).collect();
+    backends.dedup();
+    assert!(backends.starts_with(&["candle"]) && backends.contains(&"burn"), "{backends:?}");
+    assert_eq!(runs.len(), 2 * backends.len(), "{stdout}");
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["backend"], backends[i / 2]);
+        assert_eq!(r["policy"], ["fc6", "conv5"][i % 2]);
+        let steps: Vec<u64> = r["curve"].as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [2, 4]);
+        assert!(r["curve"][1]["test_accuracy"].as_f64().is_some());
+    }
+    let speed = rep["cache_speedups"].as_array().unwrap();
+    assert_eq!(speed.len(), backends.len());
+    for s in speed {
+        assert_eq!(s["policy"], "fc6");
+        // Speed itself is for benchmarks; here: both timings were taken and the ratio is theirs.
+        let (c, u) = (s["cached_samples_per_second"].as_f64().unwrap(), s["uncached_samples_per_second"].as_f64().unwrap());
+        assert!(c > 0.0 && u > 0.0 && (s["speedup"].as_f64().unwrap() - c / u).abs() < 1e-9, "{s}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("experiment.md")).unwrap();
+    assert!(md.contains("| candle | conv5 | conv5–fc8 |") && md.contains("| burn | fc6 | fc6–fc8 |"), "{md}");
+    assert!(stdout.contains("cache speed-up"), "{stdout}");
+}

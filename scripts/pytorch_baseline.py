@@ -17,7 +17,7 @@ steps only (no evaluation), extraction crops/s includes decoding.
 
 Run it with the project's venv (scripts/pytorch-baseline.sh installs torch's full dependencies):
   .venv/bin/python scripts/pytorch_baseline.py --data ../shared/data/flower_photos \
-      [--policies fc6,conv5] [--steps 300] [--rust runs/experiment/experiment.json]
+      [--policies fc6,conv5] [--steps 300] [--rust runs/experiment/experiment.json ...]
 With --rust, the table puts each Rust backend beside PyTorch, with ratios.
 """
 
@@ -315,7 +315,7 @@ def main():
     ap.add_argument("--cache-views", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--rust", help="experiment.json from `alexnet experiment`, to compare against")
+    ap.add_argument("--rust", action="append", default=[], help="experiment.json from `alexnet experiment` to compare against (repeatable)")
     ap.add_argument("--out", default="runs/pytorch-baseline.json")
     args = ap.parse_args()
     if args.threads:
@@ -344,7 +344,17 @@ def main():
         print(f"fc6 without cache: {r['samples_per_second']:.1f} samples/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    rust = json.loads(Path(args.rust).read_text()) if args.rust else {}
+    rust = {"runs": [], "cache_speedups": []}
+    seen = set()
+    for f in args.rust:
+        r = json.loads(Path(f).read_text())
+        # One row per (backend, device, policy): the first file that has it.
+        for run in r.get("runs", []):
+            key = (run["backend"], run["device"], run["policy"])
+            if key not in seen:
+                seen.add(key)
+                rust["runs"].append(run)
+        rust["cache_speedups"] += r.get("cache_speedups", [])
     print()
     print(table(results, rust))
     print(f"\nwrote {args.out}")

@@ -181,6 +181,9 @@ pub struct ExperimentArgs {
     /// Output folder: experiment.json, experiment.md, accuracy_vs_step.*, accuracy_vs_time.*.
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
+    /// Redraw the table and plots from --out's experiment.json without training.
+    #[arg(long)]
+    pub replot: bool,
 }
 
 #[derive(Args)]

@@ -10,6 +10,12 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
+    if args.replot {
+        let json = args.out.join("experiment.json");
+        let rep: ExperimentReport = serde_json::from_slice(&std::fs::read(&json).with_context(|| json.display().to_string())?)
+            .with_context(|| format!("{}: not an experiment.json written by alexnet experiment", json.display()))?;
+        return finish(&args.out, &rep);
+    }
     let weights_path = resolve_weights(&args.data)?;
     let mut base = args.data.job_config(weights_path.clone());
     base.train.max_steps = Some(args.steps);
@@ -60,7 +66,12 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     if let Some(e) = save_err {
         return Err(e);
     }
-    let written = write(&out, &rep)?;
+    finish(&out, &rep)
+}
+
+/// Writes everything and prints the table.
+fn finish(out: &Path, rep: &ExperimentReport) -> Result<()> {
+    let written = write(out, rep)?;
     println!();
     print!("{}", rep.markdown());
     println!();
@@ -88,14 +99,18 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             })
             .collect()
     };
-    let title = format!("test accuracy by fine-tune depth · {} · batch {}", rep.runs[0].device, rep.batch_size);
+    let what = if several { "backend and fine-tune depth" } else { "fine-tune depth" };
+    let title = format!("test accuracy by {what} · {} · batch {}", rep.runs[0].device, rep.batch_size);
+    // From a tenth below the lowest point to 1, so close curves stay apart.
+    let lowest = rep.runs.iter().flat_map(|r| r.curve.iter().filter_map(|p| p.test_accuracy)).fold(1.0f64, f64::min);
+    let y_range = Some((((lowest - 0.05) * 10.0).floor().max(0.0) / 10.0, 1.0));
     let by_step = series(&|p| p.step as f64);
     written.extend(both(&out.join("accuracy_vs_step"), (1000, 620), &LineChart {
         title: &title,
         x_label: "training step",
         y_label: "test accuracy",
         series: &by_step,
-        y_range: Some((0.0, 1.0)),
+        y_range,
     })?);
     let by_time = series(&|p| p.train_seconds);
     written.extend(both(&out.join("accuracy_vs_time"), (1000, 620), &LineChart {
@@ -103,7 +118,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
         x_label: "training wall-clock seconds (excl. evaluation and cache fill)",
         y_label: "test accuracy",
         series: &by_time,
-        y_range: Some((0.0, 1.0)),
+        y_range,
     })?);
     Ok(written)
 }

@@ -94,6 +94,22 @@ impl WeightSet {
         self.sources.insert(id, source);
     }
 
+    /// Stores a trained layer's weight and bias (shape-checked) and marks the layer trained.
+    pub fn set_trained(&mut self, id: LayerId, weight: HostTensor, bias: HostTensor) -> Result<()> {
+        self.set(&id.weight_name(), weight)?;
+        self.set(&id.bias_name(), bias)?;
+        self.set_source(id, LayerSource::Trained);
+        Ok(())
+    }
+
+    /// Checks that these weights are for `spec` (classes and crop size), before a model takes them.
+    pub fn ensure_spec(&self, spec: &AlexNetSpec) -> Result<()> {
+        if &self.spec != spec {
+            return Err(Error::WeightSet(format!("weights are for {:?}, the model is {spec:?}", self.spec)));
+        }
+        Ok(())
+    }
+
     /// Replaces a parameter, checking that name and shape belong to this network.
     pub fn set(&mut self, name: &str, t: HostTensor) -> Result<()> {
         let expected = self

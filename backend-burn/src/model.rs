@@ -6,7 +6,7 @@ use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, LayerSource, Model, ModelConfig, Optimizer, Result, Stage,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage,
     StepStats, WeightSet,
 };
 use burn::tensor::activation::{log_softmax, relu};
@@ -340,17 +340,13 @@ impl Model for BurnModel {
         let mut w = self.base.clone();
         for l in &self.trainable {
             let (wt, b) = l.read()?;
-            w.set(&l.spec.id.weight_name(), wt)?;
-            w.set(&l.spec.id.bias_name(), b)?;
-            w.set_source(l.spec.id, LayerSource::Trained);
+            w.set_trained(l.spec.id, wt, b)?;
         }
         Ok(w)
     }
 
     fn set_weights(&mut self, weights: &WeightSet) -> Result<()> {
-        if weights.spec() != &self.arch {
-            return Err(err(format!("weights are for {:?}, model is {:?}", weights.spec(), self.arch)));
-        }
+        weights.ensure_spec(&self.arch)?;
         for l in &mut self.trainable {
             *l = Layer::new(l.spec.clone(), weights, &self.device, true)?;
         }

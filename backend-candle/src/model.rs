@@ -4,7 +4,7 @@ use crate::err;
 use crate::optim::ParamState;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, LayerSource, Model, ModelConfig, Result, Stage, StepStats,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats,
     WeightSet,
 };
 use candle_core::{DType, Device, Tensor, Var};
@@ -271,17 +271,13 @@ impl Model for CandleModel {
     fn weights(&self) -> Result<WeightSet> {
         let mut w = self.base.clone();
         for l in &self.trainable {
-            w.set(&l.spec.id.weight_name(), to_host(l.w.as_tensor())?)?;
-            w.set(&l.spec.id.bias_name(), to_host(l.b.as_tensor())?)?;
-            w.set_source(l.spec.id, LayerSource::Trained);
+            w.set_trained(l.spec.id, to_host(l.w.as_tensor())?, to_host(l.b.as_tensor())?)?;
         }
         Ok(w)
     }
 
     fn set_weights(&mut self, weights: &WeightSet) -> Result<()> {
-        if weights.spec() != &self.arch {
-            return Err(err(format!("weights are for {:?}, model is {:?}", weights.spec(), self.arch)));
-        }
+        weights.ensure_spec(&self.arch)?;
         for l in &mut self.trainable {
             let (w, b) = weights.layer(l.spec.id);
             l.w.set(&to_device(w, &self.device)?).map_err(err)?;

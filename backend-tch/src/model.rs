@@ -3,7 +3,7 @@
 use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, LayerSource, Model, ModelConfig, Optimizer, Result, Stage,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage,
     StepStats, WeightSet,
 };
 use tch::{Device, Kind, Tensor};
@@ -186,17 +186,13 @@ impl Model for TchModel {
     fn weights(&self) -> Result<WeightSet> {
         let mut w = self.base.clone();
         for l in &self.trainable {
-            w.set(&l.spec.id.weight_name(), to_host(&l.w.detach())?)?;
-            w.set(&l.spec.id.bias_name(), to_host(&l.b.detach())?)?;
-            w.set_source(l.spec.id, LayerSource::Trained);
+            w.set_trained(l.spec.id, to_host(&l.w.detach())?, to_host(&l.b.detach())?)?;
         }
         Ok(w)
     }
 
     fn set_weights(&mut self, weights: &WeightSet) -> Result<()> {
-        if weights.spec() != &self.arch {
-            return Err(err(format!("weights are for {:?}, model is {:?}", weights.spec(), self.arch)));
-        }
+        weights.ensure_spec(&self.arch)?;
         let _guard = tch::no_grad_guard();
         for l in &mut self.trainable {
             let (w, b) = weights.layer(l.spec.id);

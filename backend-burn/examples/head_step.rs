@@ -6,6 +6,7 @@ use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, HostTensor, LayerId, Mode
 use std::time::Instant;
 
 fn main() {
+    alexnet_core::retain_freed_memory();
     let steps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let w = WeightSet::initialised(&AlexNetSpec::new(5), 0);
     let b = backend_burn::BurnBackend::cpu();

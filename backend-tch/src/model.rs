@@ -109,25 +109,32 @@ impl TchModel {
     /// PyTorch's SGD / Adam update, in place, without recording a graph.
     fn update(cfg: &ModelConfig, p: &mut Tensor, state: &mut (Option<Tensor>, Option<Tensor>), lr: f64, step: i32) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        let g = p.grad();
+        let mut g = p.grad();
         let wd = cfg.optimizer.weight_decay as f64;
-        let h = if wd > 0.0 { g.f_add(&p.f_mul_scalar(wd).map_err(err)?).map_err(err)? } else { g.shallow_clone() };
+        let device = p.device();
+        let scalar = move |v: f64| Tensor::from(v as f32).to_device(device);
         match cfg.optimizer.optimizer {
+            // In place throughout (as torch.optim.SGD's foreach path): no per-step allocation
+            // the size of fc6's weight.
             Optimizer::Sgd { momentum } => {
+                if wd > 0.0 {
+                    let _ = g.f_addcmul_(p, &scalar(wd)).map_err(err)?;
+                }
                 let buf = match state.0.take() {
                     Some(mut b) if momentum > 0.0 => {
                         let _ = b.f_mul_scalar_(momentum as f64).map_err(err)?;
-                        let _ = b.f_add_(&h).map_err(err)?;
+                        let _ = b.f_add_(&g).map_err(err)?;
                         b
                     }
-                    _ => h.f_detach_copy().map_err(err)?,
+                    _ => g.f_detach_copy().map_err(err)?,
                 };
-                let _ = p.f_sub_(&buf.f_mul_scalar(lr).map_err(err)?).map_err(err)?;
+                let _ = p.f_addcmul_(&buf, &scalar(-lr)).map_err(err)?;
                 if momentum > 0.0 {
                     state.0 = Some(buf);
                 }
             }
             Optimizer::Adam { beta1, beta2, eps } => {
+                let h = if wd > 0.0 { g.f_add(&p.f_mul_scalar(wd).map_err(err)?).map_err(err)? } else { g.shallow_clone() };
                 let (b1, b2) = (beta1 as f64, beta2 as f64);
                 let mut m = state.0.take().unwrap_or_else(|| h.zeros_like());
                 let mut v = state.1.take().unwrap_or_else(|| h.zeros_like());

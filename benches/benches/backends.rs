@@ -28,6 +28,8 @@ fn pipeline(c: &mut Criterion) {
 }
 
 fn models(c: &mut Criterion) {
+    // As the CLI does: large freed buffers are reused, not unmapped.
+    alexnet_core::retain_freed_memory();
     let w = weights();
     let spec = AlexNetSpec::new(5);
     let images = random(vec![BATCH, 3, 224, 224], 1);

@@ -13,6 +13,7 @@ use clap::Parser;
 
 fn main() {
     let cli = args::Cli::parse();
+    alexnet_core::retain_freed_memory();
     if let Err(e) = commands::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

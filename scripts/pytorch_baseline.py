@@ -287,7 +287,7 @@ def table(py, rust):
             rows.append(
                 f"| {r['policy']} | {r['backend']} ({r['device']}) | {100*r['test']['accuracy']:.2f}% | "
                 f"{t['train_samples_per_second']:.1f} | {t['train_samples_per_second'] / p['samples_per_second']:.2f} | "
-                f"{ex or 0:.1f} | {ex_ratio} |"
+                f"{f'{ex:.1f}' if ex else '– (cache reused)'} | {ex_ratio} |"
             )
     speed = [p for p in py if p.get("timing_only")]
     if speed:
@@ -298,6 +298,21 @@ def table(py, rust):
                 if c["policy"] == p["policy"]:
                     rows.append(f"| {c['backend']} | {c['policy']} | {c['uncached_samples_per_second']:.1f} | {c['uncached_samples_per_second'] / p['samples_per_second']:.2f} |")
     return "\n".join(rows)
+
+
+def load_rust(files):
+    """Runs and cache timings of several experiment.json files, one run per (backend, device, policy)."""
+    rust = {"runs": [], "cache_speedups": []}
+    seen = set()
+    for f in files:
+        r = json.loads(Path(f).read_text())
+        for run in r.get("runs", []):
+            key = (run["backend"], run["device"], run["policy"])
+            if key not in seen:
+                seen.add(key)
+                rust["runs"].append(run)
+        rust["cache_speedups"] += r.get("cache_speedups", [])
+    return rust
 
 
 def main():
@@ -317,11 +332,15 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--rust", action="append", default=[], help="experiment.json from `alexnet experiment` to compare against (repeatable)")
     ap.add_argument("--out", default="runs/pytorch-baseline.json")
+    ap.add_argument("--table-only", action="store_true", help="print the comparison from --out's saved PyTorch results without training")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.weights).exists():
         sys.exit(f"{args.weights}: no weights file; run `cargo run --release -p alexnet-cli -- weights fetch` first")
+    if args.table_only:
+        print(table(json.loads(Path(args.out).read_text()), load_rust(args.rust)))
+        return
     classes, samples = scan(args.data)
     parts = {"train": [], "val": [], "test": []}
     for s in samples:
@@ -344,17 +363,7 @@ def main():
         print(f"fc6 without cache: {r['samples_per_second']:.1f} samples/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    rust = {"runs": [], "cache_speedups": []}
-    seen = set()
-    for f in args.rust:
-        r = json.loads(Path(f).read_text())
-        # One row per (backend, device, policy): the first file that has it.
-        for run in r.get("runs", []):
-            key = (run["backend"], run["device"], run["policy"])
-            if key not in seen:
-                seen.add(key)
-                rust["runs"].append(run)
-        rust["cache_speedups"] += r.get("cache_speedups", [])
+    rust = load_rust(args.rust)
     print()
     print(table(results, rust))
     print(f"\nwrote {args.out}")

@@ -18,10 +18,10 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     }
     let weights_path = resolve_weights(&args.data)?;
     let mut base = args.data.job_config(weights_path.clone());
-    base.train.max_steps = Some(args.steps);
     args.optim.apply(&mut base, args.steps);
-    // The default depths depend on which layers the weights file really has.
-    let weights = match &weights_path {
+    // The default depths depend on which layers the weights file really has; every run loads the
+    // weights itself, so read them here only when the depths are not given.
+    let weights = match weights_path.as_ref().filter(|_| args.policies.is_empty()) {
         Some(p) => {
             let classes = Dataset::scan(&args.data.data)?.classes.len();
             let spec = AlexNetSpec::new(classes).with_crop_size(args.data.crop as usize);

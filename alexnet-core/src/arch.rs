@@ -184,7 +184,8 @@ impl AlexNetSpec {
 
     /// Spatial side of each conv layer's output (before its pool).
     fn conv_sides(&self) -> [usize; 5] {
-        let c1 = (self.crop_size + 2 * 2 - 11) / 4 + 1;
+        // Saturating: a crop smaller than conv1's kernel gives side 1, which validate() refuses.
+        let c1 = (self.crop_size + 2 * 2).saturating_sub(11) / 4 + 1;
         let p1 = pool_out(c1);
         let p2 = pool_out(p1); // conv2 keeps the side (k5, p2)
         [c1, p1, p2, p2, p2]
@@ -264,9 +265,10 @@ impl AlexNetSpec {
     }
 }
 
-/// Output side of a 3×3, stride-2 max-pool without padding (floor mode).
+/// Output side of a 3×3, stride-2 max-pool without padding (floor mode); 1 for a side smaller
+/// than the window (which no valid spec has).
 pub fn pool_out(side: usize) -> usize {
-    (side - MAXPOOL.0) / MAXPOOL.1 + 1
+    side.saturating_sub(MAXPOOL.0) / MAXPOOL.1 + 1
 }
 
 #[cfg(test)]
@@ -296,6 +298,12 @@ mod tests {
         let err = AlexNetSpec::new(5).with_crop_size(299).validate().unwrap_err();
         assert!(err.to_string().contains("pool5"), "{err}");
         assert!(AlexNetSpec::new(1).validate().is_err());
+        // The accepted range is exactly the one the message names; tiny crops are refused, not a panic.
+        let ok: Vec<usize> = (0..400).filter(|c| AlexNetSpec::new(5).with_crop_size(*c).validate().is_ok()).collect();
+        assert_eq!((ok.len(), ok[0], ok[ok.len() - 1]), (32, 223, 254));
+        for c in [0, 1, 10, 11, 66] {
+            assert!(AlexNetSpec::new(5).with_crop_size(c).validate().is_err(), "crop {c}");
+        }
     }
 
     #[test]

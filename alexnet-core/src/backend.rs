@@ -111,6 +111,34 @@ impl ModelConfig {
         self.seed = seed;
         self
     }
+
+    /// Checks the regularisation and optimiser settings: dropout in [0, 1), weight decay, conv
+    /// learning-rate multiplier and momentum finite and ≥ 0, Adam's betas in [0, 1) and eps > 0.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let non_negative = |v: f32| v.is_finite() && v >= 0.0;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout (--dropout) must be in [0, 1), got {}", self.dropout));
+        }
+        let o = &self.optimizer;
+        if !non_negative(o.weight_decay) {
+            return bad(format!("weight decay (--weight-decay) must be a finite number ≥ 0, got {}", o.weight_decay));
+        }
+        if !non_negative(o.conv_lr_mult) {
+            return bad(format!("conv learning-rate multiplier (--conv-lr-mult) must be a finite number ≥ 0, got {}", o.conv_lr_mult));
+        }
+        match o.optimizer {
+            Optimizer::Sgd { momentum } if !non_negative(momentum) => {
+                bad(format!("momentum (--momentum) must be a finite number ≥ 0, got {momentum}"))
+            }
+            Optimizer::Adam { beta1, beta2, eps }
+                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps.is_finite() && eps > 0.0) =>
+            {
+                bad(format!("Adam needs betas in [0, 1) and a finite eps > 0, got ({beta1}, {beta2}, {eps})"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Loss and correct predictions of one training step (before the update).

@@ -8,7 +8,7 @@ use crate::job::{run, JobConfig};
 use crate::observer::Observer;
 use crate::report::RunReport;
 use crate::weights::{LayerSource, WeightSet};
-use crate::{LayerId, Result};
+use crate::{Error, LayerId, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -42,6 +42,28 @@ impl ExperimentConfig {
             no_cache_policy: Some(FreezePolicy::from_layer(LayerId::Fc6)),
             no_cache_steps: 20,
         }
+    }
+}
+
+impl ExperimentConfig {
+    /// Checks the budget (steps, evaluation interval and timing steps at least 1), that there is a
+    /// depth to run, and the shared job settings, before any run starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: &str| Err(Error::Config(msg.into()));
+        if self.steps == 0 {
+            return bad("steps per depth (--steps) must be at least 1");
+        }
+        if self.eval_every == 0 {
+            return bad("evaluation interval (--eval-every) must be at least 1 step");
+        }
+        if self.no_cache_steps == 0 && self.no_cache_policy.is_some_and(|p| p.has_frozen_prefix()) {
+            return bad("uncached timing steps (--no-cache-steps) must be at least 1 (or --speedup-policy none)");
+        }
+        if self.policies.is_empty() {
+            return bad("no fine-tune depth to run (--policies is empty)");
+        }
+        self.base.validate()?;
+        job_for(self, self.policies[0], self.steps, true).train.validate()
     }
 }
 
@@ -96,6 +118,7 @@ pub fn run_experiment(
     obs: &dyn Observer,
     on_run: &mut dyn FnMut(&ExperimentReport),
 ) -> Result<ExperimentReport> {
+    cfg.validate()?;
     let mut rep = ExperimentReport {
         tool: format!("alexnet-rs {}", env!("CARGO_PKG_VERSION")),
         steps: cfg.steps,
@@ -114,10 +137,10 @@ pub fn run_experiment(
         if let Some(policy) = cfg.no_cache_policy.filter(|p| p.has_frozen_prefix()) {
             let cached = match rep.runs.iter().find(|r| r.backend == backend.name() && r.policy == policy.to_string()) {
                 Some(r) => r.clone(),
-                None => run(*backend, &job_for(cfg, policy, cfg.no_cache_steps.max(1), true), obs)?.0,
+                None => run(*backend, &job_for(cfg, policy, cfg.no_cache_steps, true), obs)?.0,
             };
             obs.message(&format!("experiment: {} · fine-tune {policy} without the cache · {} steps", backend.name(), cfg.no_cache_steps));
-            let (uncached, _) = run(*backend, &job_for(cfg, policy, cfg.no_cache_steps.max(1), false), obs)?;
+            let (uncached, _) = run(*backend, &job_for(cfg, policy, cfg.no_cache_steps, false), obs)?;
             let (c, u) = (cached.timings.train_samples_per_second, uncached.timings.train_samples_per_second);
             rep.cache_speedups.push(CacheSpeedup {
                 backend: backend.name().to_string(),
@@ -224,5 +247,30 @@ mod tests {
         assert_eq!(job.model.policy.to_string(), "conv5");
         let timing = job_for(&cfg, FreezePolicy::default(), 20, false);
         assert_eq!((timing.train.max_steps, timing.train.eval_every, timing.cache.enabled), (Some(20), Some(20), false));
+    }
+
+    #[test]
+    fn bad_budgets_fail_before_any_run() {
+        let ok = ExperimentConfig::new(JobConfig::new("data"), None, 120);
+        ok.validate().unwrap();
+        let mut none = ok.clone();
+        (none.no_cache_steps, none.no_cache_policy) = (0, None);
+        none.validate().unwrap();
+        let cases: [(fn(&mut ExperimentConfig), &str); 5] = [
+            (|c| c.steps = 0, "--steps"),
+            (|c| c.eval_every = 0, "--eval-every"),
+            (|c| c.no_cache_steps = 0, "--no-cache-steps"),
+            (|c| c.policies.clear(), "--policies"),
+            (|c| c.base.train.lr = -1.0, "--lr"),
+        ];
+        for (change, flag) in cases {
+            let mut c = ok.clone();
+            change(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+            // run_experiment refuses before touching a backend (there is none here) or the data.
+            let e = run_experiment(&[], &c, &crate::observer::Silent, &mut |_| panic!("no run")).err().unwrap().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
     }
 }

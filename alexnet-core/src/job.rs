@@ -72,6 +72,26 @@ impl JobConfig {
     }
 }
 
+impl JobConfig {
+    /// Checks every setting that does not need the data: split, preprocessing (the crop must fit
+    /// the resize and give AlexNet its 6×6 pool5), optimiser and regularisation, cache views and
+    /// the extraction batch. [`prepare`] calls it before any work; [`run`] also checks the loop
+    /// settings ([`TrainConfig::validate`]) first, so a bad setting never costs a cache fill.
+    pub fn validate(&self) -> Result<()> {
+        self.split.validate()?;
+        self.preprocess.validate()?;
+        AlexNetSpec::new(2).with_crop_size(self.preprocess.crop as usize).validate()?;
+        self.model.validate()?;
+        if self.cache.views == 0 {
+            return Err(Error::Config("cached views per training image (--cache-views) must be at least 1".into()));
+        }
+        if self.extract_batch == 0 {
+            return Err(Error::Config("extraction batch (--extract-batch) must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A job ready to train: data scanned and split, model built, features cached.
 pub struct Prepared {
     pub dataset: Dataset,
@@ -87,8 +107,7 @@ pub struct Prepared {
 
 /// Scans and splits the data, loads the weights, builds the model and fills the feature cache.
 pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<Prepared> {
-    cfg.split.validate()?;
-    cfg.preprocess.validate()?;
+    cfg.validate()?;
     let dataset = Dataset::scan(&cfg.data)?;
     for w in &dataset.warnings {
         obs.message(&format!("warning: {w}"));
@@ -141,7 +160,7 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     for d in &cache.stats.discarded_chunks {
         obs.message(&format!("feature cache: discarded damaged chunk, rebuilding its entries: {d}"));
     }
-    let views_wanted = cfg.cache.views.max(1);
+    let views_wanted = cfg.cache.views;
     let mut views = vec![1u32; dataset.samples.len()];
     for i in &tr {
         views[*i] = views_wanted;
@@ -208,6 +227,7 @@ pub fn provenance(w: &WeightSet) -> String {
 
 /// Runs the whole job; returns the report and the best weights (to save as the model).
 pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<(RunReport, WeightSet)> {
+    cfg.train.validate()?;
     let mut p = prepare(backend, cfg, obs)?;
     let classes = p.dataset.classes.len();
     let out = train(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs)?;
@@ -247,4 +267,60 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         test,
     };
     Ok((report, out.best))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Optimizer, OptimizerConfig};
+    use crate::observer::Silent;
+
+    /// A backend that must never be asked for a model: validation has to stop the job first.
+    struct NoBackend;
+    impl Backend for NoBackend {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+        fn device_name(&self) -> String {
+            "none".into()
+        }
+        fn build(&self, _: &WeightSet, _: &crate::ModelConfig) -> Result<Box<dyn Model>> {
+            unreachable!("build")
+        }
+    }
+
+    #[test]
+    fn every_bad_setting_fails_before_the_data_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ok = JobConfig::new(tmp.path().join("no-such-data"));
+        ok.cache.root = tmp.path().join("cache");
+        ok.validate().unwrap();
+        ok.train.validate().unwrap();
+        let sgd = |momentum| OptimizerConfig { optimizer: Optimizer::Sgd { momentum }, ..Default::default() };
+        let cases: Vec<(Box<dyn Fn(&mut JobConfig)>, &str)> = vec![
+            (Box::new(|c| c.train.max_steps = Some(0)), "--steps"),
+            (Box::new(|c| c.train.batch_size = 0), "--batch-size"),
+            (Box::new(|c| c.train.lr = 0.0), "--lr"),
+            (Box::new(|c| c.train.eval_every = Some(0)), "--eval-every"),
+            (Box::new(|c| c.split.val_percent = 95.0), "--val-percent"),
+            (Box::new(|c| c.preprocess.crop = 300), "--crop"),
+            (Box::new(|c| c.preprocess = Preprocess { resize: 200, crop: 200, ..Default::default() }), "pool5"),
+            (Box::new(|c| c.model.dropout = 1.0), "--dropout"),
+            (Box::new(move |c| c.model.optimizer = sgd(-0.1)), "--momentum"),
+            (Box::new(|c| c.model.optimizer.weight_decay = -1.0), "--weight-decay"),
+            (Box::new(|c| c.model.optimizer.conv_lr_mult = f32::NAN), "--conv-lr-mult"),
+            (Box::new(|c| c.cache.views = 0), "--cache-views"),
+            (Box::new(|c| c.extract_batch = 0), "--extract-batch"),
+        ];
+        for (change, flag) in cases {
+            let mut c = ok.clone();
+            change(&mut c);
+            let e = run(&NoBackend, &c, &Silent).err().unwrap().to_string();
+            assert!(e.starts_with("configuration: ") && e.contains(flag), "{flag}: {e}");
+        }
+        // The good config gets as far as the data, which does not exist.
+        let e = run(&NoBackend, &ok, &Silent).err().unwrap().to_string();
+        assert!(e.contains("no-such-data") && e.contains("does not exist"), "{e}");
+        assert!(!ok.cache.root.exists());
+    }
 }

@@ -71,10 +71,29 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks the numbers make sense.
+    /// Checks the numbers make sense: at least one step to run, a positive batch size, a finite
+    /// positive learning rate, and evaluation at least every step.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || (self.epochs == 0 && self.max_steps.is_none()) || !(self.lr > 0.0) {
-            return Err(Error::Config("batch size, epochs (or --steps) and learning rate must be positive".into()));
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.batch_size == 0 {
+            return bad("batch size (--batch-size) must be at least 1".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("the step budget (--steps) must be at least 1: 0 steps train nothing and leave no model to save".into());
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return bad("epochs (--epochs) must be at least 1, or set a step budget (--steps)".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("learning rate (--lr) must be a finite number > 0, got {}", self.lr));
+        }
+        if self.eval_every == Some(0) {
+            return bad("evaluation interval (--eval-every) must be at least 1 step".into());
+        }
+        if let LrSchedule::Step { every, gamma } = self.schedule {
+            if every == 0 || !(gamma.is_finite() && gamma > 0.0) {
+                return bad(format!("step schedule needs every ≥ 1 and a finite gamma > 0, got every {every}, gamma {gamma}"));
+            }
         }
         Ok(())
     }
@@ -274,7 +293,88 @@ pub fn train(
         train_s += t0.elapsed().as_secs_f64();
     }
     obs.end();
-    let (_, best_step, best) = best.expect("at least one evaluation");
+    // validate() guarantees total ≥ 1 and the last step always evaluates; never panic regardless.
+    let (_, best_step, best) =
+        best.ok_or_else(|| Error::Config(format!("training ran {step} step(s) without reaching an evaluation point")))?;
     model.set_weights(&best)?;
     Ok(TrainOutcome { curve, best_step, best, train_seconds: train_s, eval_seconds: eval_s, samples, steps: step })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::StepStats;
+    use crate::freeze::FreezePolicy;
+
+    /// A model that must never be touched: validation has to stop the run first.
+    struct Untouchable;
+    impl Model for Untouchable {
+        fn policy(&self) -> FreezePolicy {
+            FreezePolicy::default()
+        }
+        fn extract(&mut self, _: &HostTensor) -> Result<HostTensor> {
+            unreachable!("extract")
+        }
+        fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
+            unreachable!("train_step")
+        }
+        fn logits(&mut self, _: &HostTensor, _: Stage) -> Result<HostTensor> {
+            unreachable!("logits")
+        }
+        fn weights(&self) -> Result<WeightSet> {
+            unreachable!("weights")
+        }
+        fn set_weights(&mut self, _: &WeightSet) -> Result<()> {
+            unreachable!("set_weights")
+        }
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cached(n: usize) -> Inputs {
+        Inputs::Cached { feature_shape: vec![2], views: vec![vec![Arc::from(vec![0f32; 2])]; n], labels: vec![0; n] }
+    }
+
+    #[test]
+    fn bad_loop_settings_are_errors_naming_the_setting() {
+        let ok = TrainConfig::default();
+        ok.validate().unwrap();
+        TrainConfig { epochs: 0, max_steps: Some(5), ..ok }.validate().unwrap();
+        let cases = [
+            (TrainConfig { max_steps: Some(0), ..ok }, "--steps"),
+            (TrainConfig { epochs: 0, max_steps: None, ..ok }, "--epochs"),
+            (TrainConfig { batch_size: 0, ..ok }, "--batch-size"),
+            (TrainConfig { lr: 0.0, ..ok }, "--lr"),
+            (TrainConfig { lr: -1e-3, ..ok }, "--lr"),
+            (TrainConfig { lr: f32::NAN, ..ok }, "--lr"),
+            (TrainConfig { lr: f32::INFINITY, ..ok }, "--lr"),
+            (TrainConfig { eval_every: Some(0), ..ok }, "--eval-every"),
+            (TrainConfig { schedule: LrSchedule::Step { every: 0, gamma: 0.1 }, ..ok }, "every"),
+        ];
+        for (cfg, flag) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{cfg:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_zero_step_budget_is_an_error_not_a_panic() {
+        let cfg = TrainConfig { max_steps: Some(0), ..Default::default() };
+        let (tr, ev) = (cached(4), cached(2));
+        let e = train(&mut Untouchable, &tr, &ev, &ev, 2, &cfg, &crate::observer::Silent).err().unwrap().to_string();
+        assert!(e.contains("--steps") && e.contains("at least 1"), "{e}");
+        let e = train(&mut Untouchable, &cached(0), &ev, &ev, 2, &TrainConfig::default(), &crate::observer::Silent);
+        assert!(e.err().unwrap().to_string().contains("training split is empty"));
+    }
+
+    #[test]
+    fn schedules() {
+        assert_eq!(LrSchedule::Constant.lr(0.1, 7, 10), 0.1);
+        assert_eq!(LrSchedule::Cosine.lr(0.1, 0, 10), 0.1);
+        assert!(LrSchedule::Cosine.lr(0.1, 10, 10).abs() < 1e-9);
+        assert!((LrSchedule::Cosine.lr(0.1, 5, 10) - 0.05).abs() < 1e-8);
+        let step = LrSchedule::Step { every: 3, gamma: 0.5 };
+        assert_eq!([0, 2, 3, 6].map(|s| step.lr(1.0, s, 10)), [1.0, 1.0, 0.5, 0.25]);
+    }
 }

@@ -36,7 +36,10 @@ impl Dataset {
     /// Errors on a missing root, fewer than two classes, or an empty class folder.
     pub fn scan(root: &Path) -> Result<Self> {
         let err = |msg: String| Error::Dataset { path: root.to_path_buf(), msg };
-        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+        let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => err("does not exist; expected a folder with one sub-folder of images per class".into()),
+            _ => Error::io(root, e),
+        })?;
         if !meta.is_dir() {
             return Err(err("is not a folder; expected one sub-folder per class".into()));
         }
@@ -144,9 +147,15 @@ mod tests {
     fn clear_errors_for_bad_trees() {
         let d = tempfile::tempdir().unwrap();
         let missing = Dataset::scan(&d.path().join("nope")).unwrap_err().to_string();
-        assert!(missing.contains("nope"), "{missing}");
+        assert!(missing.contains("nope") && missing.contains("does not exist"), "{missing}");
+        touch(&d.path().join("file.jpg"));
+        let file = Dataset::scan(&d.path().join("file.jpg")).unwrap_err().to_string();
+        assert!(file.contains("is not a folder"), "{file}");
+        let none = Dataset::scan(d.path()).unwrap_err().to_string();
+        assert!(none.contains("found 0 class folder(s)"), "{none}");
         touch(&d.path().join("only/a.jpg"));
-        assert!(Dataset::scan(d.path()).unwrap_err().to_string().contains("at least two"));
+        let one = Dataset::scan(d.path()).unwrap_err().to_string();
+        assert!(one.contains("found 1 class folder(s)") && one.contains("at least two"), "{one}");
         fs::create_dir_all(d.path().join("empty")).unwrap();
         let e = Dataset::scan(d.path()).unwrap_err().to_string();
         assert!(e.contains("empty") && e.contains("no images"), "{e}");

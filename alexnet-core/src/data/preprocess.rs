@@ -48,12 +48,18 @@ pub struct DecodedImage {
 }
 
 impl Preprocess {
-    /// Checks that the crop fits the resize.
+    /// Checks that the crop fits the resize and that the normalisation is usable (finite, std > 0).
     pub fn validate(&self) -> Result<()> {
         if self.crop == 0 || self.crop > self.resize {
             return Err(Error::Config(format!(
-                "crop {} must be positive and no larger than resize {}",
+                "crop (--crop) {} must be at least 1 and no larger than resize (--resize) {}",
                 self.crop, self.resize
+            )));
+        }
+        if !(self.mean.iter().all(|m| m.is_finite()) && self.std.iter().all(|s| s.is_finite() && *s > 0.0)) {
+            return Err(Error::Config(format!(
+                "normalisation mean {:?} and std {:?} must be finite, with every std > 0",
+                self.mean, self.std
             )));
         }
         Ok(())
@@ -169,6 +175,17 @@ mod tests {
             let o = crop(View::Augmented { seed: s });
             o[0] > o[1]
         }));
+    }
+
+    #[test]
+    fn validate_names_the_bad_setting() {
+        Preprocess::default().validate().unwrap();
+        let crop = Preprocess { resize: 224, crop: 227, ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(crop.contains("--crop") && crop.contains("--resize") && crop.contains("227"), "{crop}");
+        assert!(Preprocess { crop: 0, ..Default::default() }.validate().is_err());
+        let std = Preprocess { std: [0.2, 0.0, 0.2], ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(std.contains("std"), "{std}");
+        assert!(Preprocess { mean: [f32::NAN, 0.0, 0.0], ..Default::default() }.validate().is_err());
     }
 
     #[test]

@@ -27,12 +27,17 @@ impl Default for SplitConfig {
 }
 
 impl SplitConfig {
-    /// Checks the percentages leave something to train on.
+    /// Checks the percentages: each in [0, 100), and together under 100 so something trains.
     pub fn validate(&self) -> Result<()> {
-        let ok = |p: f64| (0.0..100.0).contains(&p);
-        if !ok(self.val_percent) || !ok(self.test_percent) || self.val_percent + self.test_percent >= 100.0 {
+        for (flag, p) in [("--val-percent", self.val_percent), ("--test-percent", self.test_percent)] {
+            if !(0.0..100.0).contains(&p) {
+                return Err(Error::Config(format!("{flag} {p} must be in [0, 100)")));
+            }
+        }
+        let sum = self.val_percent + self.test_percent;
+        if sum >= 100.0 {
             return Err(Error::Config(format!(
-                "--val-percent {} and --test-percent {} must each be in [0, 100) and leave some training data",
+                "--val-percent {} + --test-percent {} = {sum} leaves no training data; together they must be under 100",
                 self.val_percent, self.test_percent
             )));
         }
@@ -76,16 +81,56 @@ mod tests {
         let s = samples(5000, 0);
         let test = cfg.indices(&s, Split::Test);
         let val = cfg.indices(&s, Split::Val);
-        assert_eq!(test, cfg.indices(&s, Split::Test));
+        let train = cfg.indices(&s, Split::Train);
+        // A partition: every sample in exactly one split.
+        let mut all: Vec<usize> = test.iter().chain(&val).chain(&train).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..5000).collect::<Vec<_>>());
+        // 10% each: binomial(5000, 0.1) has sd 21, so ±65 is 3 sd.
         for (n, want) in [(test.len(), 500.0), (val.len(), 500.0)] {
-            assert!((n as f64 - want).abs() < 70.0, "{n} vs {want}");
+            assert!((n as f64 - want).abs() < 65.0, "{n} vs {want}");
         }
-        // Adding photos never moves the old ones.
-        let mut more = s.clone();
-        more.extend(samples(1000, 5000));
-        for (i, x) in s.iter().enumerate() {
-            assert_eq!(cfg.assign(&x.rel), cfg.assign(&more[i].rel));
+        // Adding photos never moves the old ones: the split of the larger set, restricted to the
+        // old samples, is the old split (whatever the new samples do to the proportions).
+        let mut more = samples(1000, 5000);
+        more.extend(s.iter().cloned()); // new ones first, so indices shift too
+        let old_rels: std::collections::HashSet<&str> = s.iter().map(|x| x.rel.as_str()).collect();
+        for split in [Split::Train, Split::Val, Split::Test] {
+            let old: Vec<&str> = cfg.indices(&s, split).into_iter().map(|i| s[i].rel.as_str()).collect();
+            let kept: Vec<&str> =
+                cfg.indices(&more, split).into_iter().map(|i| more[i].rel.as_str()).filter(|r| old_rels.contains(r)).collect();
+            assert_eq!(kept, old, "{split:?}");
         }
-        assert!(SplitConfig { val_percent: 60.0, test_percent: 40.0 }.validate().is_err());
+        // The assignment is the hash of the relative path, pinned: changing it would move images
+        // between splits (and make `eval --split test` disagree with old runs).
+        let pinned: Vec<Split> = (0..16).map(|i| cfg.assign(&format!("daisy/{i}.jpg"))).collect();
+        assert_eq!(pinned, PINNED);
+        // The path, not the file name, decides: the same name in two classes lands independently.
+        assert!((0..200).any(|i| cfg.assign(&format!("a/{i}.jpg")) != cfg.assign(&format!("b/{i}.jpg"))));
+        // Percentages shift bucket boundaries monotonically: more test never shrinks the test set.
+        let wider = SplitConfig { val_percent: 10.0, test_percent: 20.0 };
+        let wider_test = wider.indices(&s, Split::Test);
+        assert!(test.iter().all(|i| wider_test.contains(i)) && wider_test.len() > test.len());
+    }
+
+    use Split::{Test as Te, Train as Tr, Val as Va};
+    /// `daisy/0.jpg` … `daisy/15.jpg` under the default 10/10 split (xxh3-64 of the path).
+    const PINNED: [Split; 16] = [Tr, Tr, Tr, Va, Tr, Tr, Va, Tr, Tr, Tr, Tr, Tr, Va, Te, Tr, Tr];
+
+    #[test]
+    fn validate_names_the_flags() {
+        SplitConfig::default().validate().unwrap();
+        SplitConfig { val_percent: 0.0, test_percent: 0.0 }.validate().unwrap();
+        SplitConfig { val_percent: 49.5, test_percent: 50.0 }.validate().unwrap();
+        let sum = SplitConfig { val_percent: 60.0, test_percent: 40.0 }.validate().unwrap_err().to_string();
+        assert!(sum.contains("--val-percent 60 + --test-percent 40") && sum.contains("under 100"), "{sum}");
+        for (cfg, flag) in [
+            (SplitConfig { val_percent: -5.0, test_percent: 10.0 }, "--val-percent -5"),
+            (SplitConfig { val_percent: 10.0, test_percent: 100.0 }, "--test-percent 100"),
+            (SplitConfig { val_percent: f64::NAN, test_percent: 10.0 }, "--val-percent NaN"),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("[0, 100)"), "{e}");
+        }
     }
 }

@@ -6,18 +6,19 @@ use alexnet_core::cache::CacheDtype;
 use alexnet_core::data::{Preprocess, SplitConfig};
 use alexnet_core::job::{CacheConfig, JobConfig};
 use alexnet_core::train::{LrSchedule, TrainConfig};
-use alexnet_core::{DeviceSpec, FreezePolicy, ModelConfig};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use alexnet_core::{AlexNetSpec, DeviceSpec, FreezePolicy, ModelConfig};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "alexnet", version, about = "Fine-tune an ImageNet AlexNet on a folder of labelled photos (one sub-folder per class).")]
 pub struct Cli {
-    /// Compute backend.
-    #[arg(long, global = true, default_value = "candle")]
-    pub backend: String,
+    /// Compute backend (`all`: every backend built in, for `experiment`).
+    #[arg(long, global = true, value_enum, default_value = "candle")]
+    pub backend: BackendArg,
     /// Device: cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "cpu")]
+    #[arg(long, global = true, default_value = "cpu", value_parser = device)]
     pub device: DeviceSpec,
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +42,27 @@ pub enum Command {
     Weights(WeightsCommand),
 }
 
+/// `--backend`: the three backends, or all that are built in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum BackendArg {
+    Candle,
+    Tch,
+    Burn,
+    All,
+}
+
+impl BackendArg {
+    /// The name `backends::make` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Candle => "candle",
+            BackendArg::Tch => "tch",
+            BackendArg::Burn => "burn",
+            BackendArg::All => "all",
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OptimizerArg {
     Sgd,
@@ -60,7 +82,7 @@ pub struct JobArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Fine-tune from this layer through fc8: fc8, fc7, fc6, conv5, conv4, conv3, conv2, conv1, all.
-    #[arg(long, default_value = "fc6")]
+    #[arg(long, default_value = "fc6", value_parser = policy)]
     pub finetune: FreezePolicy,
     /// Run the frozen layers at every step instead of caching their output.
     #[arg(long)]
@@ -87,21 +109,23 @@ pub struct DataArgs {
     /// Seed for initialisation, shuffling, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 10.0)]
+    /// Percentage of images held out for validation (model selection), in [0, 100).
+    #[arg(long, default_value_t = 10.0, value_parser = percent, allow_negative_numbers = true)]
     pub val_percent: f64,
-    #[arg(long, default_value_t = 10.0)]
+    /// Percentage of images held out for the test score, in [0, 100); with --val-percent under 100.
+    #[arg(long, default_value_t = 10.0, value_parser = percent, allow_negative_numbers = true)]
     pub test_percent: f64,
-    /// Shorter side is resized to this before cropping.
-    #[arg(long, default_value_t = 256)]
+    /// Shorter side is resized to this before cropping (at least --crop).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one::<u32>)]
     pub resize: u32,
-    /// Square crop fed to the network (224 torchvision, 227 Caffe).
-    #[arg(long, default_value_t = 224)]
+    /// Square crop fed to the network, 223–254 so pool5 is 6×6 (224 torchvision, 227 Caffe).
+    #[arg(long, default_value_t = 224, value_parser = crop)]
     pub crop: u32,
     /// Feature cache folder. Default: $ALEXNET_HOME/features (~/.cache/alexnet-rs/features).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Views cached per training image: the centre crop plus N−1 random crops with flips.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<u32>)]
     pub cache_views: u32,
     /// Store cached features as f16 (half the disk and memory).
     #[arg(long)]
@@ -110,7 +134,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub skip_bad_images: bool,
     /// Crops per forward pass while extracting features.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub extract_batch: usize,
 }
 
@@ -121,38 +145,41 @@ pub struct TrainArgs {
     /// Output folder: model.safetensors, model.json, report.json, plots.
     #[arg(long, default_value = "runs/latest")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     pub epochs: usize,
     /// Stop after this many steps (overrides --epochs when sooner).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<usize>)]
     pub steps: Option<usize>,
     #[command(flatten)]
     pub optim: OptimArgs,
     /// Evaluate every N steps (default: every epoch).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<usize>)]
     pub eval_every: Option<usize>,
 }
 
 /// Optimiser and regularisation options (train, experiment).
 #[derive(Args, Clone)]
 pub struct OptimArgs {
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub batch_size: usize,
-    /// Base learning rate (default 0.005 for SGD, 1e-4 for Adam).
-    #[arg(long)]
+    /// Base learning rate, > 0 (default 0.005 for SGD, 1e-4 for Adam).
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     #[arg(long, value_enum, default_value = "sgd")]
     pub optimizer: OptimizerArg,
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, ≥ 0.
+    #[arg(long, default_value_t = 0.9, value_parser = non_negative, allow_negative_numbers = true)]
     pub momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
+    /// L2 weight decay, ≥ 0.
+    #[arg(long, default_value_t = 5e-4, value_parser = non_negative, allow_negative_numbers = true)]
     pub weight_decay: f32,
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: ScheduleArg,
-    /// Learning-rate multiplier for fine-tuned conv layers.
-    #[arg(long, default_value_t = 0.1)]
+    /// Learning-rate multiplier for fine-tuned conv layers, ≥ 0.
+    #[arg(long, default_value_t = 0.1, value_parser = non_negative, allow_negative_numbers = true)]
     pub conv_lr_mult: f32,
-    #[arg(long, default_value_t = 0.5)]
+    /// Dropout probability before fc6 and fc7, in [0, 1).
+    #[arg(long, default_value_t = 0.5, value_parser = dropout, allow_negative_numbers = true)]
     pub dropout: f32,
 }
 
@@ -164,19 +191,19 @@ pub struct ExperimentArgs {
     pub optim: OptimArgs,
     /// Fine-tune depths to compare, comma-separated. Default: fc6,conv5,conv4,all (with fc8,fc7
     /// first when the weights have pretrained fc6 and fc7).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = policy)]
     pub policies: Vec<FreezePolicy>,
     /// Training steps per depth.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = at_least_one::<usize>)]
     pub steps: usize,
     /// Evaluate val and test every N steps (default: steps/10).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<usize>)]
     pub eval_every: Option<usize>,
     /// Depth whose cached and uncached (`--no-cache`) step speeds are compared; "none" skips it.
-    #[arg(long, default_value = "fc6")]
-    pub speedup_policy: String,
+    #[arg(long, default_value = "fc6", value_parser = speedup_policy)]
+    pub speedup_policy: SpeedupPolicy,
     /// Steps of the uncached timing run.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one::<usize>)]
     pub no_cache_steps: usize,
     /// Output folder: experiment.json, experiment.md, accuracy_vs_step.*, accuracy_vs_time.*.
     #[arg(long, default_value = "runs/experiment")]
@@ -201,7 +228,7 @@ pub struct EvalArgs {
     /// Print the full metrics as JSON.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub batch_size: usize,
 }
 
@@ -220,7 +247,8 @@ pub struct PredictArgs {
     /// Images to classify.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    #[arg(long, default_value_t = 3)]
+    /// How many classes to list per image (at least 1; at most the model's classes are shown).
+    #[arg(long, default_value_t = 3, value_parser = at_least_one::<usize>)]
     pub top_k: usize,
     /// Print JSON lines instead of text.
     #[arg(long)]
@@ -270,7 +298,7 @@ impl DataArgs {
         cfg.cache = CacheConfig {
             enabled: true,
             root: self.cache_dir.clone().unwrap_or_else(|| home().join("features")),
-            views: self.cache_views.max(1),
+            views: self.cache_views,
             dtype: if self.cache_f16 { CacheDtype::F16 } else { CacheDtype::F32 },
             view_seed: self.seed,
         };
@@ -316,4 +344,125 @@ impl OptimArgs {
             seed: cfg.model.seed,
         };
     }
+}
+
+/// `--speedup-policy`: a depth, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpeedupPolicy(pub Option<FreezePolicy>);
+
+// Value parsers: each error is one line that clap prints as
+// `error: invalid value 'X' for '--flag <FLAG>': <message>` (exit status 2).
+
+/// A whole number ≥ 1.
+fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n != T::from(0) => Ok(n),
+        _ => Err("expected a whole number ≥ 1".into()),
+    }
+}
+
+fn float(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| "expected a finite number".to_string())
+}
+
+/// A finite number > 0 (the learning rate).
+fn positive(s: &str) -> Result<f32, String> {
+    float(s).ok().filter(|v| *v > 0.0).map(|v| v as f32).ok_or_else(|| "expected a finite number > 0".into())
+}
+
+/// A finite number ≥ 0 (momentum, weight decay, the conv learning-rate multiplier).
+fn non_negative(s: &str) -> Result<f32, String> {
+    float(s).ok().filter(|v| *v >= 0.0).map(|v| v as f32).ok_or_else(|| "expected a finite number ≥ 0".into())
+}
+
+/// A probability in [0, 1).
+fn dropout(s: &str) -> Result<f32, String> {
+    float(s).ok().filter(|v| (0.0..1.0).contains(v)).map(|v| v as f32).ok_or_else(|| "expected a number in [0, 1)".into())
+}
+
+/// A percentage in [0, 100).
+fn percent(s: &str) -> Result<f64, String> {
+    float(s).ok().filter(|v| (0.0..100.0).contains(v)).ok_or_else(|| "expected a percentage in [0, 100)".into())
+}
+
+/// A crop AlexNet accepts (pool5 must be 6×6): the core's own check.
+fn crop(s: &str) -> Result<u32, String> {
+    let c: u32 = s.parse().map_err(|_| "expected a whole number between 223 and 254".to_string())?;
+    AlexNetSpec::new(2).with_crop_size(c as usize).validate().map_err(core_message)?;
+    Ok(c)
+}
+
+fn device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|_| "expected cpu, cuda or cuda:N".into())
+}
+
+fn policy(s: &str) -> Result<FreezePolicy, String> {
+    s.parse().map_err(|_| format!("expected one of {}", FreezePolicy::NAMES.join(", ")))
+}
+
+fn speedup_policy(s: &str) -> Result<SpeedupPolicy, String> {
+    match s {
+        "none" => Ok(SpeedupPolicy(None)),
+        _ => s.parse().map(|p| SpeedupPolicy(Some(p))).map_err(|_| format!("expected none or one of {}", FreezePolicy::NAMES.join(", "))),
+    }
+}
+
+/// A core configuration error's message, without the "configuration: " prefix.
+fn core_message(e: alexnet_core::Error) -> String {
+    match e {
+        alexnet_core::Error::Config(m) | alexnet_core::Error::Freeze(m) => m,
+        e => e.to_string(),
+    }
+}
+
+/// The checks that need more than one flag, run before any work (scan, weights fetch, cache
+/// fill). Errors are clap usage errors: `error: ...`, the usage line, exit status 2.
+pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
+    let (sub, data) = match &cli.command {
+        Command::Train(a) => ("train", Some(&a.job.data)),
+        Command::Extract(a) => ("extract", Some(&a.data)),
+        Command::Experiment(a) => ("experiment", (!a.replot).then_some(&a.data)),
+        Command::Eval(_) => ("eval", None),
+        Command::Predict(_) => ("predict", None),
+        Command::Weights(_) => return Ok(()), // no backend, no data
+    };
+    let fail = |kind, msg: String| Err(usage_error(sub, kind, msg));
+    let built = crate::backends::AVAILABLE.join(", ");
+    match cli.backend {
+        BackendArg::All if sub != "experiment" => {
+            return fail(ErrorKind::ArgumentConflict, format!("--backend all is for `experiment`; pick one of {built} for `{sub}`"));
+        }
+        BackendArg::All if built.is_empty() => return fail(ErrorKind::InvalidValue, "this binary has no backend built in".into()),
+        BackendArg::All => {}
+        b if !crate::backends::AVAILABLE.contains(&b.name()) => {
+            return fail(ErrorKind::InvalidValue, format!("--backend {}: {}", b.name(), crate::backends::not_built(b.name())));
+        }
+        _ => {}
+    }
+    if let Some(d) = data {
+        if d.crop > d.resize {
+            return fail(ErrorKind::ArgumentConflict, format!("--crop {} must be no larger than --resize {}", d.crop, d.resize));
+        }
+        let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent };
+        split.validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
+    }
+    if let Command::Extract(a) = &cli.command {
+        if a.no_cache {
+            return fail(ErrorKind::ArgumentConflict, "extract fills the feature cache; --no-cache makes no sense here".into());
+        }
+        if !a.finetune.has_frozen_prefix() {
+            return fail(ErrorKind::ArgumentConflict, "--finetune all has no frozen layers, so `extract` has nothing to cache".into());
+        }
+    }
+    Ok(())
+}
+
+/// A clap error for subcommand `sub`, so the usage line it prints is that subcommand's.
+fn usage_error(sub: &str, kind: ErrorKind, msg: String) -> clap::Error {
+    let mut cmd = Cli::command();
+    cmd.build();
+    if let Some(c) = cmd.find_subcommand_mut(sub) {
+        return c.error(kind, msg);
+    }
+    cmd.error(kind, msg)
 }

@@ -13,15 +13,18 @@ pub const AVAILABLE: &[&str] = &[
     "burn",
 ];
 
-/// The backend called `name` on `device`.
-pub fn make(name: &str, device: DeviceSpec) -> Result<Box<dyn Backend>> {
-    #[allow(unused_variables)] // used only by the arms of backends left out of this build
-    let missing = |feature: &str, how: &str| {
-        anyhow::anyhow!(
-            "backend {name:?} is not built into this binary (available: {}): build with `--features {feature}`{how}",
-            AVAILABLE.join(", ")
-        )
+/// Why backend `name` is not in this binary, and how to build it in.
+pub fn not_built(name: &str) -> String {
+    let how = match name {
+        "tch" => " and LIBTORCH set (scripts/setup-libtorch.sh)",
+        _ => "",
     };
+    format!("not built into this binary (available: {}): build with `--features {name}`{how}", AVAILABLE.join(", "))
+}
+
+/// The backend called `name` on `device`. `args::validate` has already refused names that are
+/// unknown or not built in, with a usage error; these errors are for library-style callers.
+pub fn make(name: &str, device: DeviceSpec) -> Result<Box<dyn Backend>> {
     match name {
         #[cfg(feature = "candle")]
         "candle" => Ok(Box::new(backend_candle::CandleBackend::new(device)?)),
@@ -29,12 +32,7 @@ pub fn make(name: &str, device: DeviceSpec) -> Result<Box<dyn Backend>> {
         "tch" => Ok(Box::new(backend_tch::TchBackend::new(device)?)),
         #[cfg(feature = "burn")]
         "burn" => Ok(Box::new(backend_burn::BurnBackend::new(device)?)),
-        #[cfg(not(feature = "candle"))]
-        "candle" => Err(missing("candle", "")),
-        #[cfg(not(feature = "tch"))]
-        "tch" => Err(missing("tch", " and LIBTORCH set (scripts/setup-libtorch.sh)")),
-        #[cfg(not(feature = "burn"))]
-        "burn" => Err(missing("burn", "")),
+        _ if ["candle", "tch", "burn"].contains(&name) => bail!("backend {name:?} is {}", not_built(name)),
         "all" => bail!("--backend all is for `experiment`; pick one of {} here", AVAILABLE.join(", ")),
         _ => bail!("unknown backend {name:?}: expected one of candle, tch, burn (built in: {})", AVAILABLE.join(", ")),
     }

@@ -19,16 +19,22 @@ pub fn run(cli: Cli) -> Result<()> {
             WeightsCommand::Import { src, out } => weights_cmd::import(&src, &out),
             WeightsCommand::Inspect { path } => weights_cmd::inspect(&path),
         },
-        Command::Train(args) => train(&*backends::make(&cli.backend, cli.device)?, args),
-        Command::Experiment(args) => experiment::run(&backends::make_many(&cli.backend, cli.device)?, args),
-        Command::Extract(args) => extract(&*backends::make(&cli.backend, cli.device)?, args),
-        Command::Eval(args) => eval(&*backends::make(&cli.backend, cli.device)?, args),
-        Command::Predict(args) => predict(&*backends::make(&cli.backend, cli.device)?, args),
+        Command::Train(args) => train(&*backends::make(cli.backend.name(), cli.device)?, args),
+        Command::Experiment(args) => experiment::run(&backends::make_many(cli.backend.name(), cli.device)?, args),
+        Command::Extract(args) => extract(&*backends::make(cli.backend.name(), cli.device)?, args),
+        Command::Eval(args) => eval(&*backends::make(cli.backend.name(), cli.device)?, args),
+        Command::Predict(args) => predict(&*backends::make(cli.backend.name(), cli.device)?, args),
     }
 }
 
 pub(crate) fn bars() -> Bars {
     Bars::new(!std::io::stderr().is_terminal())
+}
+
+/// Scans `--data` once before anything slow (a weights fetch, a cache fill), so a missing
+/// folder, a single class or an empty class folder fails at once. The job scans it again.
+pub(crate) fn check_data(job: &DataArgs) -> Result<Dataset> {
+    Ok(Dataset::scan(&job.data)?)
 }
 
 /// The weights file to use: explicit, none, or the default one (fetched on first use).
@@ -37,6 +43,9 @@ pub(crate) fn resolve_weights(job: &DataArgs) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     if let Some(p) = &job.weights {
+        if !p.is_file() {
+            bail!("--weights {}: no such file", p.display());
+        }
         return Ok(Some(p.clone()));
     }
     let p = default_weights();
@@ -48,6 +57,10 @@ pub(crate) fn resolve_weights(job: &DataArgs) -> Result<Option<PathBuf>> {
 }
 
 fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: exists and is not a folder", args.out.display());
+    }
+    check_data(&args.job.data)?;
     let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
     args.apply(&mut cfg);
     let obs = bars();
@@ -133,12 +146,8 @@ fn trained_layers(r: &RunReport) -> String {
 }
 
 fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
-    if args.no_cache {
-        bail!("extract fills the feature cache; --no-cache makes no sense here");
-    }
-    if !args.finetune.has_frozen_prefix() {
-        bail!("--finetune all has no frozen layers, so there is nothing to cache");
-    }
+    // --no-cache and --finetune all were refused by args::validate.
+    check_data(&args.data)?;
     let cfg = args.job_config(resolve_weights(&args.data)?);
     let obs = bars();
     let p = alexnet_core::job::prepare(backend, &cfg, &obs)?;
@@ -161,14 +170,15 @@ fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
 }
 
 /// Builds the trained model for inference (every layer frozen but fc8; policy is irrelevant here).
-fn inference_model(backend: &dyn Backend, model: &std::path::Path) -> Result<(Box<dyn alexnet_core::Model>, rundir::ModelInfo)> {
-    let (weights, info) = rundir::load(model)?;
-    let m = backend.build(&weights, &ModelConfig::new(FreezePolicy::from_layer(LayerId::Fc8)))?;
-    Ok((m, info))
+fn inference_model(backend: &dyn Backend, run: &rundir::RunDir) -> Result<Box<dyn alexnet_core::Model>> {
+    let weights = run.weights()?;
+    Ok(backend.build(&weights, &ModelConfig::new(FreezePolicy::from_layer(LayerId::Fc8)))?)
 }
 
 fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
-    let (mut model, info) = inference_model(backend, &args.model)?;
+    // Cheap checks first (model.json, the data folder), then the weights.
+    let run = rundir::RunDir::open(&args.model)?;
+    let info = &run.info;
     let ds = Dataset::scan(&args.data)?;
     for w in &ds.warnings {
         eprintln!("warning: {w}");
@@ -196,6 +206,7 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
     if picked.is_empty() {
         bail!("{}: no images to evaluate", args.data.display());
     }
+    let mut model = inference_model(backend, &run)?;
     let inputs = Inputs::Images {
         pre: info.preprocess,
         paths: picked.iter().map(|s| s.path.clone()).collect(),
@@ -221,7 +232,12 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
 }
 
 fn predict(backend: &dyn Backend, args: PredictArgs) -> Result<()> {
-    let (mut model, info) = inference_model(backend, &args.model)?;
+    if let Some(p) = args.images.iter().find(|p| !p.is_file()) {
+        bail!("{}: no such image file", p.display());
+    }
+    let run = rundir::RunDir::open(&args.model)?;
+    let info = &run.info;
+    let mut model = inference_model(backend, &run)?;
     for path in &args.images {
         let (_, crops) = info.preprocess.views(path, &[alexnet_core::data::View::Center])?;
         let c = info.preprocess.crop as usize;
@@ -233,7 +249,7 @@ fn predict(backend: &dyn Backend, args: PredictArgs) -> Result<()> {
         let sum: f32 = exp.iter().sum();
         let mut ranked: Vec<(usize, f32)> = exp.iter().map(|e| e / sum).enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        ranked.truncate(args.top_k.max(1));
+        ranked.truncate(args.top_k);
         debug_assert_eq!(ranked[0].0 as u32, argmax_rows(&logits)[0]);
         if args.json {
             let top: Vec<_> = ranked.iter().map(|(i, p)| serde_json::json!({"class": info.classes[*i], "probability": p})).collect();

@@ -1,11 +1,10 @@
 //! `alexnet experiment`: the reference article's freeze-depth comparison in one command.
 
 use crate::args::ExperimentArgs;
-use crate::commands::{bars, resolve_weights};
+use crate::commands::{bars, check_data, resolve_weights};
 use crate::plots::{both, LineChart, Series};
-use alexnet_core::data::Dataset;
 use alexnet_core::experiment::{run_experiment, ExperimentConfig, ExperimentReport};
-use alexnet_core::{AlexNetSpec, Backend, FreezePolicy, WeightSet};
+use alexnet_core::{AlexNetSpec, Backend, WeightSet};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -16,6 +15,7 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
             .with_context(|| format!("{}: not an experiment.json written by alexnet experiment", json.display()))?;
         return finish(&args.out, &rep);
     }
+    let classes = check_data(&args.data)?.classes.len();
     let weights_path = resolve_weights(&args.data)?;
     let mut base = args.data.job_config(weights_path.clone());
     args.optim.apply(&mut base, args.steps);
@@ -23,7 +23,6 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     // weights itself, so read them here only when the depths are not given.
     let weights = match weights_path.as_ref().filter(|_| args.policies.is_empty()) {
         Some(p) => {
-            let classes = Dataset::scan(&args.data.data)?.classes.len();
             let spec = AlexNetSpec::new(classes).with_crop_size(args.data.crop as usize);
             Some(WeightSet::load_pretrained(p, &spec, args.data.seed)?)
         }
@@ -34,13 +33,11 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
         cfg.policies = args.policies.clone();
     }
     if let Some(k) = args.eval_every {
-        cfg.eval_every = k.max(1);
+        cfg.eval_every = k;
     }
-    cfg.no_cache_policy = match args.speedup_policy.as_str() {
-        "none" => None,
-        p => Some(p.parse::<FreezePolicy>().context("--speedup-policy")?),
-    };
+    cfg.no_cache_policy = args.speedup_policy.0;
     cfg.no_cache_steps = args.no_cache_steps;
+    cfg.validate()?;
 
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;

@@ -13,6 +13,10 @@ use clap::Parser;
 
 fn main() {
     let cli = args::Cli::parse();
+    // Every flag is checked before any work: one-line usage errors, exit status 2.
+    if let Err(e) = args::validate(&cli) {
+        e.exit();
+    }
     alexnet_core::retain_freed_memory();
     if let Err(e) = commands::run(cli) {
         eprintln!("error: {e:#}");

@@ -1,8 +1,8 @@
 //! The run folder: trained weights plus what is needed to use them (classes, preprocessing).
 
 use alexnet_core::data::{Preprocess, SplitConfig};
-use alexnet_core::WeightSet;
-use anyhow::{Context, Result};
+use alexnet_core::{AlexNetSpec, FreezePolicy, WeightSet};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -22,23 +22,89 @@ pub struct ModelInfo {
 pub const WEIGHTS: &str = "model.safetensors";
 pub const INFO: &str = "model.json";
 
-/// Loads a run folder (or the model.safetensors inside one).
-pub fn load(path: &Path) -> Result<(WeightSet, ModelInfo)> {
-    let dir: PathBuf = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
-    let info_path = dir.join(INFO);
-    let info: ModelInfo = serde_json::from_slice(
-        &std::fs::read(&info_path).with_context(|| format!("{}: not a run folder written by `alexnet train`", info_path.display()))?,
-    )
-    .with_context(|| format!("{} is not valid", info_path.display()))?;
-    let weights = WeightSet::load_checkpoint(&dir.join(WEIGHTS))?;
-    anyhow::ensure!(
-        weights.spec().num_classes == info.classes.len(),
-        "{}: the model has {} outputs but model.json lists {} classes",
-        dir.display(),
-        weights.spec().num_classes,
-        info.classes.len()
-    );
-    Ok((weights, info))
+/// A run folder whose `model.json` was read and checked; the weights are loaded separately
+/// ([`RunDir::weights`]), so cheap checks come before reading a 230 MB file.
+pub struct RunDir {
+    pub dir: PathBuf,
+    pub info: ModelInfo,
+}
+
+impl ModelInfo {
+    /// What is wrong with this `model.json`, if anything: the same checks as the flags that
+    /// produced it (at least two distinct, non-empty class names; a crop that fits the resize and
+    /// gives AlexNet a 6×6 pool5; usable normalisation; a known fine-tune depth; a valid split).
+    fn check(&self) -> std::result::Result<(), String> {
+        let n = self.classes.len();
+        if n < 2 {
+            return Err(format!("\"classes\" lists {n} class(es); a model has at least 2"));
+        }
+        if let Some(i) = self.classes.iter().position(|c| c.is_empty()) {
+            return Err(format!("\"classes\"[{i}] is empty"));
+        }
+        let mut sorted: Vec<&String> = self.classes.iter().collect();
+        sorted.sort();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("\"classes\" lists {:?} twice", w[0]));
+        }
+        let p = &self.preprocess;
+        p.validate().map_err(|e| format!("\"preprocess\": {}", plain(e)))?;
+        AlexNetSpec::new(n).with_crop_size(p.crop as usize).validate().map_err(|e| format!("\"preprocess\": {}", plain(e)))?;
+        self.policy.parse::<FreezePolicy>().map_err(|e| format!("\"policy\": {}", plain(e)))?;
+        self.split.validate().map_err(|e| format!("\"split\": {}", plain(e)))?;
+        Ok(())
+    }
+}
+
+fn plain(e: alexnet_core::Error) -> String {
+    match e {
+        alexnet_core::Error::Config(m) | alexnet_core::Error::Freeze(m) => m,
+        e => e.to_string(),
+    }
+}
+
+impl RunDir {
+    /// Opens a run folder (or the model.safetensors inside one) and checks its `model.json`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let dir: PathBuf = if path.is_dir() {
+            path.to_path_buf()
+        } else if path.exists() {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            bail!("--model {}: no such run folder (give a folder written by `alexnet train`)", path.display());
+        };
+        let info_path = dir.join(INFO);
+        let bytes = match std::fs::read(&info_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("{}: missing; --model must be a run folder written by `alexnet train` ({INFO} + {WEIGHTS})", info_path.display())
+            }
+            Err(e) => return Err(e).with_context(|| info_path.display().to_string()),
+        };
+        let info: ModelInfo =
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a valid {INFO} written by `alexnet train`", info_path.display()))?;
+        if let Err(msg) = info.check() {
+            bail!("{}: {msg}", info_path.display());
+        }
+        let weights = dir.join(WEIGHTS);
+        if !weights.is_file() {
+            bail!("{}: missing; the run folder has {INFO} but no trained weights", weights.display());
+        }
+        Ok(Self { dir, info })
+    }
+
+    /// Loads `model.safetensors` and checks it is the network `model.json` describes.
+    pub fn weights(&self) -> Result<WeightSet> {
+        let path = self.dir.join(WEIGHTS);
+        let w = WeightSet::load_checkpoint(&path)?;
+        let (spec, info) = (w.spec(), &self.info);
+        if spec.num_classes != info.classes.len() {
+            bail!("{}: the model has {} outputs but {INFO} lists {} classes", path.display(), spec.num_classes, info.classes.len());
+        }
+        if spec.crop_size != info.preprocess.crop as usize {
+            bail!("{}: the model was built for {}×{} crops but {INFO} says crop {}", path.display(), spec.crop_size, spec.crop_size, info.preprocess.crop);
+        }
+        Ok(w)
+    }
 }
 
 /// Writes the model and its info atomically into `dir`.
@@ -46,4 +112,39 @@ pub fn save(dir: &Path, weights: &WeightSet, info: &ModelInfo) -> Result<()> {
     weights.save(&dir.join(WEIGHTS))?;
     alexnet_core::write_atomic(&dir.join(INFO), &serde_json::to_vec_pretty(info)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            classes: vec!["daisy".into(), "roses".into()],
+            preprocess: Preprocess::default(),
+            policy: "fc6".into(),
+            backend: "candle".into(),
+            split: SplitConfig::default(),
+        }
+    }
+
+    #[test]
+    fn model_json_checks_name_what_is_wrong() {
+        info().check().unwrap();
+        let cases: [(fn(&mut ModelInfo), &str); 7] = [
+            (|i| i.classes.truncate(1), "lists 1 class(es)"),
+            (|i| i.classes[1] = String::new(), "\"classes\"[1] is empty"),
+            (|i| i.classes[1] = "daisy".into(), "\"daisy\" twice"),
+            (|i| i.preprocess.crop = 300, "--crop"),
+            (|i| i.preprocess = Preprocess { resize: 100, crop: 100, ..Default::default() }, "pool5"),
+            (|i| i.policy = "fc9".into(), "\"policy\": unknown --finetune value \"fc9\""),
+            (|i| i.split.test_percent = 100.0, "\"split\": --test-percent 100"),
+        ];
+        for (change, want) in cases {
+            let mut i = info();
+            change(&mut i);
+            let e = i.check().unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
 }

@@ -336,6 +336,8 @@ mod tests {
         };
         let c = FeatureCache::open(d.path(), k).unwrap();
         assert_eq!(&c.get(9, 0).unwrap()[..], served.as_slice());
-        assert!((served[1] - 1.0 / 3.0).abs() < 1e-3);
+        // What was served is the f16 value, not the f32 one that went in.
+        assert_eq!(served[1], half::f16::from_f32(1.0 / 3.0).to_f32());
+        assert_ne!(served[1], 1.0 / 3.0);
     }
 }

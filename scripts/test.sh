@@ -16,9 +16,10 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary must not hide the ones after it from the count.
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line for the whole workspace (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+# One closing line for the whole workspace (cargo prints one per test binary, doc-tests included).
+awk '/^test result:/ { p += $4; f += $6; i += $8; b += 1 } END { printf "tests: %d passed, %d failed, %d skipped (%d test binaries)\n", p, f, i, b }' "$log"
 exit "$status"

@@ -1,16 +1,71 @@
-//! Cross-backend benchmarks. Quick profile (a few minutes on 2 cores):
-//! `cargo bench -p alexnet-benches -- --sample-size 10 --warm-up-time 1 --measurement-time 5`
+//! Cross-backend benchmarks: `cargo bench` at the workspace root (about 30 s of sampling per
+//! bench, sized from one timed iteration), then one throughput table across backends on stdout
+//! and in `target/criterion/alexnet-summary.md`. criterion's flags still apply and win over the
+//! sizing: `cargo bench -- --sample-size 10 --warm-up-time 1 --measurement-time 3`.
 
+use alexnet_benches::settings::{Args, DEFAULT_MEASUREMENT_S, DEFAULT_WARM_UP_S, Mode};
+use alexnet_benches::summary::{self, Row, Table};
 use alexnet_benches::{backends, config, label, labels, random, weights};
 use alexnet_core::data::{Preprocess, View};
 use alexnet_core::{AlexNetSpec, LayerId, Stage};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
 
 const BATCH: usize = 64;
+const PIPELINE: &str = "decode_resize_crop/1thread";
+/// The model benches: (name in ids, table column).
+const MODEL_BENCHES: [&str; 4] = ["extract", "head_step", "full_step", "conv5_step"];
+
+fn model_id(bench: &str, label: &str) -> String {
+    format!("{bench}/{label}/b{BATCH}")
+}
+
+/// Sizes each bench from one timed iteration (when criterion will sample it) and reports progress.
+struct Runner {
+    args: Args,
+    total: usize,
+    done: usize,
+    start: Instant,
+}
+
+impl Runner {
+    fn bench<R>(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, group: &str, name: &str, mut f: impl FnMut() -> R) {
+        let id = format!("{group}/{name}");
+        if self.args.mode() == Mode::Benchmark && self.args.selects(&id) {
+            let t0 = Instant::now();
+            black_box(f());
+            let t = t0.elapsed().as_secs_f64();
+            let s = self.args.sizing(t);
+            g.sample_size(s.sample_size).warm_up_time(s.warm_up).measurement_time(s.measurement);
+            g.sampling_mode(if s.flat { SamplingMode::Flat } else { SamplingMode::Linear });
+            self.done += 1;
+            let el = self.start.elapsed().as_secs();
+            let shape = if s.flat {
+                format!("{} samples × {} iterations", s.sample_size, s.iters_per_sample)
+            } else {
+                format!("{} samples (linear)", s.sample_size)
+            };
+            eprintln!(
+                "[{}/{}] {id}: one iteration {t:.3} s → {shape}, about {:.0} s ({}:{:02} elapsed)",
+                self.done,
+                self.total,
+                s.expected_s(t),
+                el / 60,
+                el % 60
+            );
+        }
+        g.bench_function(name, |b| b.iter(&mut f));
+    }
+}
 
 /// The image pipeline: read + decode + resize + centre crop + normalise.
-fn pipeline(c: &mut Criterion) {
+fn pipeline(c: &mut Criterion, r: &mut Runner) {
+    if !r.args.selects(&format!("pipeline/{PIPELINE}")) {
+        return;
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos/daisy");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e} (benches read ../shared/data/flower_photos)", root.display()))
@@ -21,13 +76,22 @@ fn pipeline(c: &mut Criterion) {
     let pre = Preprocess::default();
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(files.len() as u64));
-    g.bench_function("decode_resize_crop/1thread", |b| {
-        b.iter(|| files.iter().map(|f| pre.views(f, &[View::Center]).unwrap().1.len()).sum::<usize>())
+    r.bench(&mut g, "pipeline", PIPELINE, || {
+        files.iter().map(|f| pre.views(f, &[View::Center]).unwrap().1.len()).sum::<usize>()
     });
     g.finish();
 }
 
-fn models(c: &mut Criterion) {
+fn models(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backend>]) {
+    // Only the backends with a bench criterion will run get models.
+    let wanted: Vec<&dyn alexnet_core::Backend> = run
+        .iter()
+        .map(|b| b.as_ref())
+        .filter(|b| MODEL_BENCHES.iter().any(|n| r.args.selects(&format!("alexnet/{}", model_id(n, &label(*b))))))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
     // As the CLI does: large freed buffers are reused, not unmapped.
     alexnet_core::retain_freed_memory();
     let w = weights();
@@ -38,32 +102,113 @@ fn models(c: &mut Criterion) {
     let conv4 = alexnet_core::HostTensor::new(vec![BATCH, 256, 13, 13], conv4).unwrap();
     assert_eq!(spec.input_shape(LayerId::Conv5), vec![256, 13, 13]);
     let y = labels(BATCH);
-    for b in backends() {
-        let name = label(b.as_ref());
-        let mut g = c.benchmark_group("alexnet");
-        g.throughput(Throughput::Elements(BATCH as u64));
-
+    let mut g = c.benchmark_group("alexnet");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for b in wanted {
+        let name = label(b);
         let mut m = b.build(&w, &config("fc6")).unwrap();
-        g.bench_function(format!("extract/{name}/b{BATCH}"), |bch| {
-            bch.iter(|| {
-                let f = m.extract(&images).unwrap();
-                m.synchronize().unwrap();
-                f
-            })
+        r.bench(&mut g, "alexnet", &model_id("extract", &name), || {
+            let f = m.extract(&images).unwrap();
+            m.synchronize().unwrap();
+            f
         });
-        g.bench_function(format!("head_step/{name}/b{BATCH}"), |bch| {
-            bch.iter(|| m.train_step(&pool5, Stage::Cut, &y, 1e-4).unwrap())
+        r.bench(&mut g, "alexnet", &model_id("head_step", &name), || {
+            m.train_step(&pool5, Stage::Cut, &y, 1e-4).unwrap()
         });
-        g.bench_function(format!("full_step/{name}/b{BATCH}"), |bch| {
-            bch.iter(|| m.train_step(&images, Stage::Image, &y, 1e-4).unwrap())
+        r.bench(&mut g, "alexnet", &model_id("full_step", &name), || {
+            m.train_step(&images, Stage::Image, &y, 1e-4).unwrap()
         });
+        drop(m);
         let mut m5 = b.build(&w, &config("conv5")).unwrap();
-        g.bench_function(format!("conv5_step/{name}/b{BATCH}"), |bch| {
-            bch.iter(|| m5.train_step(&conv4, Stage::Cut, &y, 1e-4).unwrap())
+        r.bench(&mut g, "alexnet", &model_id("conv5_step", &name), || {
+            m5.train_step(&conv4, Stage::Cut, &y, 1e-4).unwrap()
         });
-        g.finish();
+    }
+    g.finish();
+}
+
+fn main() {
+    let started = SystemTime::now();
+    let args = Args::from_env();
+    let dir = summary::criterion_dir();
+    let mut c = Criterion::default().output_directory(&dir).configure_from_args();
+    let be = backends();
+    let labels: Vec<String> = be.run.iter().map(|b| label(b.as_ref())).collect();
+    let mut ids = vec![format!("pipeline/{PIPELINE}")];
+    ids.extend(labels.iter().flat_map(|l| MODEL_BENCHES.map(|n| format!("alexnet/{}", model_id(n, l)))));
+    let total = ids.iter().filter(|id| args.selects(id)).count();
+    let mode = args.mode();
+    if mode == Mode::Benchmark {
+        let skipped: Vec<String> = be.skipped.iter().map(|(l, why)| format!("{l}: {why}")).collect();
+        let estimate = match (args.sample_size, args.measurement_s) {
+            (None, m) => format!(
+                ", about {:.0} min",
+                total as f64 * (m.unwrap_or(DEFAULT_MEASUREMENT_S) + args.warm_up_s.unwrap_or(DEFAULT_WARM_UP_S) + 3.0)
+                    / 60.0
+            ),
+            _ => String::new(),
+        };
+        eprintln!(
+            "alexnet-benches: {total} benches on {}{estimate}; each is sized from one timed \
+             iteration to ~{:.0} s of sampling (--measurement-time/--sample-size/--warm-up-time \
+             override). Not run: {}.",
+            labels.join(", "),
+            args.measurement_s.unwrap_or(DEFAULT_MEASUREMENT_S),
+            if skipped.is_empty() { "none".to_string() } else { skipped.join("; ") }
+        );
+    }
+    let mut r = Runner { args, total, done: 0, start: Instant::now() };
+    pipeline(&mut c, &mut r);
+    models(&mut c, &mut r, &be.run);
+    c.final_summary();
+    if mode == Mode::Benchmark {
+        write_summary(&r.args, &dir, started, &labels, &be.skipped);
     }
 }
 
-criterion_group!(benches, pipeline, models);
-criterion_main!(benches);
+/// The cross-backend table from the estimates criterion saved in this run.
+fn write_summary(
+    args: &Args,
+    dir: &std::path::Path,
+    started: SystemTime,
+    ran: &[String],
+    skipped: &[(String, String)],
+) {
+    if args.no_saved_results {
+        eprintln!("alexnet-benches: criterion saves no estimates with --discard-baseline/--load-baseline; no summary");
+        return;
+    }
+    let results = summary::collect(dir, started);
+    let mut rows: Vec<Row> = ran.iter().map(|l| Row::Ran { label: l.clone() }).collect();
+    rows.extend(skipped.iter().map(|(l, why)| Row::Skipped { label: l.clone(), reason: why.clone() }));
+    let flags: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let features: Vec<&str> =
+        [("tch", cfg!(feature = "tch")), ("cuda", cfg!(feature = "cuda")), ("vulkan", cfg!(feature = "vulkan"))]
+            .iter()
+            .filter(|f| f.1)
+            .map(|f| f.0)
+            .collect();
+    let table = Table {
+        title: format!("alexnet-benches: {}, {}", summary::utc_stamp(started), summary::machine()),
+        notes: vec![format!(
+            "Batch {BATCH}, random inputs. Features: {}. Arguments: {}.",
+            if features.is_empty() { "none".to_string() } else { features.join(", ") },
+            if flags.is_empty() { "none (sized per bench)".to_string() } else { format!("`{}`", flags.join(" ")) }
+        )],
+        rows: &rows,
+        columns: &MODEL_BENCHES,
+        id: &|bench, label| format!("alexnet/{}", model_id(bench, label)),
+        extra: &[(
+            "pipeline/decode_resize_crop/1thread (32 flower JPEGs on one core; backend-independent)",
+            format!("pipeline/{PIPELINE}"),
+        )],
+        unit: "samples (images) per second",
+    };
+    let md = summary::render(&table, &results);
+    println!("\n{md}");
+    let path = dir.join("alexnet-summary.md");
+    match std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &md)) {
+        Ok(()) => eprintln!("alexnet-benches: summary written to {}", path.display()),
+        Err(e) => eprintln!("alexnet-benches: could not write {}: {e}", path.display()),
+    }
+}

@@ -256,7 +256,8 @@ mod tests {
         let mut none = ok.clone();
         (none.no_cache_steps, none.no_cache_policy) = (0, None);
         none.validate().unwrap();
-        let cases: [(fn(&mut ExperimentConfig), &str); 5] = [
+        type Change = fn(&mut ExperimentConfig);
+        let cases: [(Change, &str); 5] = [
             (|c| c.steps = 0, "--steps"),
             (|c| c.eval_every = 0, "--eval-every"),
             (|c| c.no_cache_steps = 0, "--no-cache-steps"),

@@ -297,7 +297,8 @@ mod tests {
         ok.validate().unwrap();
         ok.train.validate().unwrap();
         let sgd = |momentum| OptimizerConfig { optimizer: Optimizer::Sgd { momentum }, ..Default::default() };
-        let cases: Vec<(Box<dyn Fn(&mut JobConfig)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut JobConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.train.max_steps = Some(0)), "--steps"),
             (Box::new(|c| c.train.batch_size = 0), "--batch-size"),
             (Box::new(|c| c.train.lr = 0.0), "--lr"),

@@ -96,7 +96,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
 fn print_summary(r: &RunReport) {
     let t = &r.timings;
     println!();
-    println!("{:<28} {}", "backend / device", format!("{} / {}", r.backend, r.device));
+    println!("{:<28} {} / {}", "backend / device", r.backend, r.device);
     println!("{:<28} {} (trains {}; input cut: {})", "fine-tune", r.policy, trained_layers(r), r.cut);
     println!("{:<28} {} train / {} val / {} test, {} classes", "images", r.data.train, r.data.val, r.data.test, r.data.classes.len());
     if let Some(c) = &r.cache {

@@ -131,7 +131,8 @@ mod tests {
     #[test]
     fn model_json_checks_name_what_is_wrong() {
         info().check().unwrap();
-        let cases: [(fn(&mut ModelInfo), &str); 7] = [
+        type Change = fn(&mut ModelInfo);
+        let cases: [(Change, &str); 7] = [
             (|i| i.classes.truncate(1), "lists 1 class(es)"),
             (|i| i.classes[1] = String::new(), "\"classes\"[1] is empty"),
             (|i| i.classes[1] = "daisy".into(), "\"daisy\" twice"),

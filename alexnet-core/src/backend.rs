@@ -6,6 +6,7 @@ use crate::tensor::HostTensor;
 use crate::weights::WeightSet;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -175,10 +176,67 @@ pub trait Model: Send {
     /// All parameters, frozen and trained, by torchvision name.
     fn weights(&self) -> Result<WeightSet>;
     /// Replaces the parameters of the trainable layers (e.g. to restore the best checkpoint);
-    /// optimiser state is reset.
+    /// the optimiser starts afresh: buffers cleared and step count 0, as a newly built model.
+    /// The dropout generator keeps its position.
     fn set_weights(&mut self, weights: &WeightSet) -> Result<()>;
+    /// The optimiser's buffers and step count and the dropout generator's position: with the
+    /// weights, everything the next training step depends on.
+    fn train_state(&self) -> Result<TrainState>;
+    /// Restores a [`TrainState`] taken from a model with the same policy and optimiser, so the
+    /// next step is bit-identical to the one the original model would have taken.
+    fn set_train_state(&mut self, state: &TrainState) -> Result<()>;
     /// Waits until queued device work is done (a no-op on CPU); benches call it.
     fn synchronize(&self) -> Result<()>;
+}
+
+/// Everything besides the weights that the next training step depends on. Buffers have the
+/// parameter's torchvision name and shape plus torch.optim's state name:
+/// `<param>.momentum_buffer` (SGD with momentum), `<param>.exp_avg` and `<param>.exp_avg_sq` (Adam).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrainState {
+    /// Optimiser steps since the model was built or its weights were last set (Adam's bias
+    /// correction uses it).
+    pub steps: u64,
+    /// Position of the dropout mask generator ([`DropoutMasks::position`]).
+    pub dropout_position: u128,
+    pub buffers: BTreeMap<String, HostTensor>,
+}
+
+impl TrainState {
+    /// The buffer names of parameter `param` under `optimizer`, in the order backends hold them
+    /// (first moment or momentum, second moment).
+    pub fn buffer_names(param: &str, optimizer: &Optimizer) -> Vec<String> {
+        match optimizer {
+            Optimizer::Sgd { momentum } if *momentum > 0.0 => vec![format!("{param}.momentum_buffer")],
+            Optimizer::Sgd { .. } => vec![],
+            Optimizer::Adam { .. } => vec![format!("{param}.exp_avg"), format!("{param}.exp_avg_sq")],
+        }
+    }
+
+    /// The buffer `name`, checked against the shape its parameter has; `None` when the state
+    /// has none yet (before the first step).
+    pub fn buffer(&self, name: &str, shape: &[usize]) -> Result<Option<&HostTensor>> {
+        match self.buffers.get(name) {
+            Some(t) if t.shape != shape => Err(Error::WeightSet(format!(
+                "optimiser state {name}: shape {:?}, the parameter has {shape:?}",
+                t.shape
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Checks every buffer belongs to one of `params` under `optimizer` (a state saved with
+    /// another policy or optimiser is refused rather than half-applied).
+    pub fn check_names(&self, params: &[String], optimizer: &Optimizer) -> Result<()> {
+        let known: Vec<String> = params.iter().flat_map(|p| Self::buffer_names(p, optimizer)).collect();
+        match self.buffers.keys().find(|k| !known.contains(k)) {
+            Some(k) => Err(Error::WeightSet(format!(
+                "optimiser state has {k}, which this model ({optimizer:?}, trainable {}) does not use",
+                params.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Dropout masks drawn the same way by every backend from the model's seed, so training is
@@ -199,6 +257,16 @@ impl DropoutMasks {
     /// The drop probability.
     pub fn p(&self) -> f32 {
         self.p
+    }
+
+    /// The generator's position (in 32-bit words drawn), to save with a checkpoint.
+    pub fn position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// Moves the generator to a saved position.
+    pub fn set_position(&mut self, pos: u128) {
+        self.rng.set_word_pos(pos)
     }
 
     /// The next mask of `n` values.

@@ -91,7 +91,7 @@ fn delta(before: &HostTensor, after: &HostTensor) -> Vec<f32> {
 
 /// Runs `steps` fc training steps on the backend and on the reference (with `rule`); returns the
 /// worst ratio of each step's loss and updates to their bounds, checking frozen layers on the way.
-fn fc_step_ratios(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, rule: Rule) -> Vec<(String, f64)> {
+fn fc_step_ratios(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, rule: Rule, restore_before: Option<usize>) -> Vec<(String, f64)> {
     let w0 = weights();
     let config = cfg(policy).with_optimizer(opt);
     let mut m = b.build(&w0, &config).unwrap();
@@ -102,6 +102,15 @@ fn fc_step_ratios(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: us
     let mut prev_backend = w0.clone();
     let mut ratios = Vec::new();
     for s in 0..steps {
+        if restore_before == Some(s) {
+            // Restoring weights starts the optimiser afresh on every backend (as the reference).
+            m.set_weights(&w0).unwrap();
+            let st = m.train_state().unwrap();
+            assert!(st.steps == 0 && st.buffers.is_empty(), "set_weights left optimiser state: {} steps, {} buffers", st.steps, st.buffers.len());
+            reference_w = w0.clone();
+            state.clear();
+            prev_backend = w0.clone();
+        }
         let mut shape = vec![4];
         shape.extend(&cut);
         let x = random(shape, 10 + s as u64, 1.0).data.iter().map(|v| v.max(0.0)).collect();
@@ -130,8 +139,8 @@ fn fc_step_ratios(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: us
     ratios
 }
 
-fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize) {
-    let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch);
+fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>) {
+    let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch, restore_before);
     for (what, r) in &ratios {
         eprintln!("conformance · {what}: worst |Δ|/bound {r:.3e}");
     }
@@ -141,7 +150,7 @@ fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: us
 
 /// Shows a wrong update rule fails the same checks: some ratio exceeds 1 by a wide margin.
 fn check_rejects(b: &dyn Backend, policy: &str, opt: OptimizerConfig, rule: Rule) {
-    let worst = fc_step_ratios(b, policy, opt, 2, rule).into_iter().map(|(_, r)| r).fold(0f64, f64::max);
+    let worst = fc_step_ratios(b, policy, opt, 2, rule, None).into_iter().map(|(_, r)| r).fold(0f64, f64::max);
     eprintln!("conformance · {policy} against {rule:?}: worst |Δ|/bound {worst:.3e} (must fail)");
     assert!(worst > 10.0, "the bounds cannot tell {rule:?} from the backend's rule (worst ratio {worst})");
 }
@@ -159,12 +168,51 @@ fn adam() -> OptimizerConfig {
 /// Two SGD-momentum steps with weight decay and dropout on fc6–fc8 match the reference: same
 /// loss, same parameter updates, frozen layers bit-identical.
 pub fn sgd_steps_match_reference(b: &dyn Backend) {
-    check_fc_steps(b, "fc6", sgd(), 2);
+    check_fc_steps(b, "fc6", sgd(), 2, None);
 }
 
 /// Two Adam steps on fc7–fc8 (cut at fc6's output) match the reference.
 pub fn adam_steps_match_reference(b: &dyn Backend) {
-    check_fc_steps(b, "fc7", adam(), 2);
+    check_fc_steps(b, "fc7", adam(), 2, None);
+}
+
+/// Train, restore the initial weights (`set_weights`), train again: the optimiser starts afresh
+/// (buffers cleared, Adam's step count back to 0) on every backend, as in the reference.
+pub fn restore_resets_the_optimizer(b: &dyn Backend) {
+    check_fc_steps(b, "fc7", adam(), 3, Some(2));
+}
+
+/// The optimiser state and dropout position taken from a model and given to a new one built from
+/// the same weights make the next steps bit-identical to the original model's (what resuming a
+/// killed run relies on), for SGD with momentum and for Adam.
+pub fn train_state_round_trips(b: &dyn Backend) {
+    for opt in [sgd(), adam()] {
+        let config = cfg("fc7").with_optimizer(opt);
+        let mut a = b.build(&weights(), &config).unwrap();
+        let x = |s: u64| HostTensor::new(vec![4, 4096], random(vec![4, 4096], 20 + s, 1.0).data.iter().map(|v| v.max(0.0)).collect()).unwrap();
+        let labels = [2, 0, 4, 1];
+        for s in 0..2 {
+            a.train_step(&x(s), Stage::Cut, &labels, 0.01).unwrap();
+        }
+        let st = a.train_state().unwrap();
+        assert_eq!(st.steps, 2);
+        let expected = ["classifier.4.weight", "classifier.4.bias", "classifier.6.weight", "classifier.6.bias"]
+            .iter()
+            .flat_map(|p| crate::backend::TrainState::buffer_names(p, &opt.optimizer))
+            .collect::<Vec<_>>();
+        assert_eq!(st.buffers.keys().cloned().collect::<Vec<_>>(), { let mut e = expected.clone(); e.sort(); e }, "{opt:?}: buffers");
+        let mut resumed = b.build(&a.weights().unwrap(), &config).unwrap();
+        resumed.set_train_state(&st).unwrap();
+        assert_eq!(resumed.train_state().unwrap(), st, "{opt:?}: state read back");
+        for s in 2..4 {
+            let (sa, sb) = (a.train_step(&x(s), Stage::Cut, &labels, 0.01).unwrap(), resumed.train_step(&x(s), Stage::Cut, &labels, 0.01).unwrap());
+            assert_eq!(sa, sb, "{opt:?} step {s}: loss");
+        }
+        assert_eq!(a.weights().unwrap(), resumed.weights().unwrap(), "{opt:?}: weights after resuming");
+        // A state for another optimiser or policy is refused, not half-applied.
+        let mut other = b.build(&weights(), &cfg("fc8").with_optimizer(opt)).unwrap();
+        assert!(other.set_train_state(&st).is_err(), "{opt:?}: fc7 state accepted by an fc8 model");
+    }
 }
 
 /// The bounds are tight enough to reject Adam without bias correction and SGD without weight
@@ -369,6 +417,14 @@ macro_rules! conformance_tests {
             #[test]
             fn adam_steps_match_reference() {
                 $crate::conformance::adam_steps_match_reference(&*backend());
+            }
+            #[test]
+            fn restore_resets_the_optimizer() {
+                $crate::conformance::restore_resets_the_optimizer(&*backend());
+            }
+            #[test]
+            fn train_state_round_trips() {
+                $crate::conformance::train_state_round_trips(&*backend());
             }
             #[test]
             fn wrong_update_rules_fail() {

@@ -10,6 +10,7 @@ pub mod arch;
 mod atomic;
 pub mod backend;
 pub mod cache;
+pub mod checkpoint;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod data;
@@ -30,7 +31,7 @@ pub mod train;
 pub mod weights;
 
 pub use arch::{AlexNetSpec, LayerId};
-pub use backend::{Backend, DeviceSpec, DropoutMasks, Model, ModelConfig, Optimizer, OptimizerConfig, Stage, StepStats};
+pub use backend::{Backend, DeviceSpec, DropoutMasks, Model, ModelConfig, Optimizer, OptimizerConfig, Stage, StepStats, TrainState};
 pub use error::{Error, Result};
 pub use freeze::FreezePolicy;
 pub use tensor::HostTensor;

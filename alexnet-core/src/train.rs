@@ -1,6 +1,7 @@
 //! The one training loop, driving any backend's [`Model`].
 
-use crate::backend::{Model, Stage};
+use crate::backend::{Model, Stage, TrainState};
+use crate::checkpoint::{Checkpoint, Progress};
 use crate::data::{Prefetcher, Preprocess, View};
 use crate::metrics::{argmax_rows, Confusion, EvalMetrics};
 use crate::observer::Observer;
@@ -135,12 +136,19 @@ impl Inputs {
         }
     }
 
-    /// Batches of (inputs, labels) over `order`; `augment` seeds a random view per sample.
-    fn batches(&self, order: Vec<usize>, batch: usize, augment: Option<u64>) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
+    /// Batches of (inputs, labels) over `order`, from its `skip`-th batch on (resuming a run:
+    /// the skipped batches' random view choices are drawn all the same).
+    fn batches(&self, order: Vec<usize>, batch: usize, augment: Option<u64>, skip: usize) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
+        let skip = (skip * batch).min(order.len());
         match self {
             Inputs::Cached { feature_shape, views, labels } => {
                 let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
-                let chunks: Vec<Vec<usize>> = order.chunks(batch).map(|c| c.to_vec()).collect();
+                if let Some(r) = rng.as_mut() {
+                    for &i in &order[..skip] {
+                        r.random_range(0..views[i].len());
+                    }
+                }
+                let chunks: Vec<Vec<usize>> = order[skip..].chunks(batch).map(|c| c.to_vec()).collect();
                 Box::new(chunks.into_iter().map(move |c| {
                     let rows: Vec<&[f32]> = c
                         .iter()
@@ -157,7 +165,7 @@ impl Inputs {
             }
             Inputs::Images { pre, paths, labels } => {
                 let (pre, shape) = (*pre, [3, pre.crop as usize, pre.crop as usize]);
-                let items: Vec<(PathBuf, u32, View)> = order
+                let items: Vec<(PathBuf, u32, View)> = order[skip..]
                     .iter()
                     .map(|&i| {
                         let view = match augment {
@@ -181,7 +189,7 @@ impl Inputs {
 /// Evaluates `model` (eval mode, centre views) on `inputs`.
 pub fn evaluate(model: &mut dyn Model, inputs: &Inputs, classes: usize, batch: usize) -> Result<EvalMetrics> {
     let mut conf = Confusion::new(classes);
-    for b in inputs.batches((0..inputs.len()).collect(), batch, None) {
+    for b in inputs.batches((0..inputs.len()).collect(), batch, None, 0) {
         let (x, labels) = b?;
         let logits = model.logits(&x, inputs.stage())?;
         conf.add(&labels, &argmax_rows(&logits));
@@ -213,6 +221,28 @@ pub fn train(
     cfg: &TrainConfig,
     obs: &dyn Observer,
 ) -> Result<TrainOutcome> {
+    train_resumable(model, train, val, test, classes, cfg, obs, None, &mut |_, _, _, _| Ok(()))
+}
+
+/// Saves a checkpoint: progress, current weights, best weights, optimiser state.
+pub type SaveCheckpoint<'a> = dyn FnMut(&Progress, &WeightSet, &WeightSet, &TrainState) -> Result<()> + 'a;
+
+/// [`train`], continuing from `resume` when given (the model built as for a fresh run), and
+/// handing a checkpoint to `save` at every evaluation point. A run resumed from a checkpoint of
+/// the same configuration ends bit-identical to one never interrupted: the data order is
+/// replayed from the seed, the optimiser and dropout state are restored.
+#[allow(clippy::too_many_arguments)]
+pub fn train_resumable(
+    model: &mut dyn Model,
+    train: &Inputs,
+    val: &Inputs,
+    test: &Inputs,
+    classes: usize,
+    cfg: &TrainConfig,
+    obs: &dyn Observer,
+    resume: Option<Checkpoint>,
+    save: &mut SaveCheckpoint<'_>,
+) -> Result<TrainOutcome> {
     cfg.validate()?;
     if train.is_empty() {
         return Err(Error::Config("the training split is empty; lower --val-percent/--test-percent or add images".into()));
@@ -223,81 +253,108 @@ pub fn train(
         e => (steps_per_epoch * e).min(cfg.max_steps.unwrap_or(usize::MAX)),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (mut step, mut samples) = (0usize, 0usize);
-    let (mut train_s, mut eval_s) = (0f64, 0f64);
-    let (mut loss_sum, mut correct, mut seen, mut batches) = (0f64, 0usize, 0usize, 0usize);
-    let mut curve = Vec::new();
-    let mut best: Option<(f64, usize, WeightSet)> = None;
-    obs.begin("train", total as u64);
-    'outer: loop {
+    let shuffled = |rng: &mut ChaCha8Rng| {
         let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rng);
-        let epoch_seed = rng.random::<u64>();
+        order.shuffle(rng);
+        (order, rng.random::<u64>())
+    };
+    let mut p = Progress { step: 0, total, epoch: 0, batch_in_epoch: 0, samples: 0, train_seconds: 0.0, eval_seconds: 0.0, curve: vec![], best_score: None, best_step: 0 };
+    let mut best: Option<WeightSet> = None;
+    let mut resuming = false;
+    if let Some(c) = resume {
+        if c.progress.total != total {
+            return Err(Error::Config(format!("the checkpoint is for a run of {} steps, this one has {total}", c.progress.total)));
+        }
+        model.set_weights(&c.weights)?;
+        model.set_train_state(&c.train_state)?;
+        // Replay the data order of the epochs already finished.
+        for _ in 1..c.progress.epoch {
+            shuffled(&mut rng);
+        }
+        p = c.progress;
+        best = Some(c.best);
+        resuming = p.epoch > 0;
+    }
+    let (mut loss_sum, mut correct, mut seen, mut batches) = (0f64, 0usize, 0usize, 0usize);
+    obs.begin("train", total as u64);
+    obs.advance(p.step as u64);
+    'outer: while p.step < total {
+        let (order, epoch_seed) = shuffled(&mut rng);
+        if !std::mem::take(&mut resuming) {
+            p.epoch += 1;
+            p.batch_in_epoch = 0;
+        }
         let mut t0 = Instant::now();
-        for b in train.batches(order, cfg.batch_size, Some(epoch_seed)) {
+        for b in train.batches(order, cfg.batch_size, Some(epoch_seed), p.batch_in_epoch) {
             let (x, labels) = b?;
-            let lr = cfg.schedule.lr(cfg.lr, step, total);
+            let lr = cfg.schedule.lr(cfg.lr, p.step, total);
             let s = model.train_step(&x, train.stage(), &labels, lr)?;
             if !s.loss.is_finite() {
                 return Err(Error::Config(format!(
-                    "training diverged at step {step} (loss {}); lower --lr (now {}) or fine-tune less deeply",
-                    s.loss, cfg.lr
+                    "training diverged at step {} (loss {}); lower --lr (now {}) or fine-tune less deeply",
+                    p.step, s.loss, cfg.lr
                 )));
             }
-            step += 1;
-            samples += labels.len();
+            p.step += 1;
+            p.batch_in_epoch += 1;
+            p.samples += labels.len();
             loss_sum += s.loss as f64;
             correct += s.correct;
             seen += labels.len();
             batches += 1;
-            obs.step(step, s.loss);
+            obs.step(p.step, s.loss);
             obs.advance(1);
-            let end_of_epoch = step % steps_per_epoch == 0;
+            let end_of_epoch = p.step % steps_per_epoch == 0;
             let due = match cfg.eval_every {
-                Some(k) => step % k.max(1) == 0,
+                Some(k) => p.step % k.max(1) == 0,
                 None => end_of_epoch,
-            } || step == total;
+            } || p.step == total;
             if due {
-                train_s += t0.elapsed().as_secs_f64();
+                p.train_seconds += t0.elapsed().as_secs_f64();
                 let te = Instant::now();
                 let v = if val.is_empty() { None } else { Some(evaluate(model, val, classes, cfg.batch_size)?.accuracy) };
                 let t = if test.is_empty() { None } else { Some(evaluate(model, test, classes, cfg.batch_size)?.accuracy) };
                 let point = CurvePoint {
-                    step,
-                    epoch: samples as f64 / train.len() as f64,
+                    step: p.step,
+                    epoch: p.samples as f64 / train.len() as f64,
                     lr,
-                    train_loss: (loss_sum / batches as f64) as f32,
-                    train_accuracy: correct as f64 / seen as f64,
+                    train_loss: (loss_sum / batches.max(1) as f64) as f32,
+                    train_accuracy: correct as f64 / seen.max(1) as f64,
                     val_accuracy: v,
                     test_accuracy: t,
-                    train_seconds: train_s,
+                    train_seconds: p.train_seconds,
                 };
                 obs.eval(&point);
-                curve.push(point);
+                p.curve.push(point);
                 (loss_sum, correct, seen, batches) = (0.0, 0, 0, 0);
-                let score = v.unwrap_or(f64::NEG_INFINITY);
-                if best.as_ref().is_none_or(|(b, _, _)| score > *b || v.is_none()) {
-                    best = Some((score, step, model.weights()?));
+                let better = match (v, p.best_score) {
+                    (Some(v), Some(b)) => v > b,
+                    _ => true,
+                };
+                if best.is_none() || better {
+                    (p.best_score, p.best_step) = (v, p.step);
+                    best = Some(model.weights()?);
                 }
-                eval_s += te.elapsed().as_secs_f64();
-                if step >= total {
+                p.eval_seconds += te.elapsed().as_secs_f64();
+                let now = model.weights()?;
+                save(&p, &now, best.as_ref().expect("set above"), &model.train_state()?)?;
+                if p.step >= total {
                     break 'outer;
                 }
                 t0 = Instant::now();
                 continue;
             }
-            if step >= total {
+            if p.step >= total {
                 break 'outer;
             }
         }
-        train_s += t0.elapsed().as_secs_f64();
+        p.train_seconds += t0.elapsed().as_secs_f64();
     }
     obs.end();
     // validate() guarantees total ≥ 1 and the last step always evaluates; never panic regardless.
-    let (_, best_step, best) =
-        best.ok_or_else(|| Error::Config(format!("training ran {step} step(s) without reaching an evaluation point")))?;
+    let best = best.ok_or_else(|| Error::Config(format!("training ran {} step(s) without reaching an evaluation point", p.step)))?;
     model.set_weights(&best)?;
-    Ok(TrainOutcome { curve, best_step, best, train_seconds: train_s, eval_seconds: eval_s, samples, steps: step })
+    Ok(TrainOutcome { curve: p.curve, best_step: p.best_step, best, train_seconds: p.train_seconds, eval_seconds: p.eval_seconds, samples: p.samples, steps: p.step })
 }
 
 #[cfg(test)]
@@ -326,6 +383,12 @@ mod tests {
         }
         fn set_weights(&mut self, _: &WeightSet) -> Result<()> {
             unreachable!("set_weights")
+        }
+        fn train_state(&self) -> Result<crate::backend::TrainState> {
+            unreachable!("train_state")
+        }
+        fn set_train_state(&mut self, _: &crate::backend::TrainState) -> Result<()> {
+            unreachable!("set_train_state")
         }
         fn synchronize(&self) -> Result<()> {
             Ok(())

@@ -243,7 +243,7 @@ pub fn import_lpips(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>> {
     crate::lpips::convert(bytes).map_err(Error::WeightSet)
 }
 
-type Parsed = (BTreeMap<String, HostTensor>, HashMap<String, String>);
+pub(crate) type Parsed = (BTreeMap<String, HostTensor>, HashMap<String, String>);
 
 /// Parses safetensors bytes into f32 host tensors plus the header metadata.
 pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<Parsed, String> {

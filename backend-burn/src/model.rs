@@ -7,7 +7,7 @@ use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::{
     AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage,
-    StepStats, WeightSet,
+    StepStats, TrainState, WeightSet,
 };
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::{conv2d, max_pool2d};
@@ -240,6 +240,32 @@ impl Layer {
         done.ok_or_else(|| err(format!("{}: no gradient reached this trainable layer", self.spec.id.name())))
     }
 
+    /// The optimiser buffers of weight and bias in torchvision layout: `[[m, v] of w, [m, v] of b]`.
+    fn buffers(&self) -> Result<[[Option<HostTensor>; 2]; 2]> {
+        let host = |t: &Option<Tensor<1>>| t.clone().map(download).transpose();
+        let w = match &self.w {
+            Weight::Conv(p) => [p.m.clone().map(download).transpose()?, p.v.clone().map(download).transpose()?],
+            Weight::Linear(p) => {
+                let tr = |t: &Option<Tensor<2>>| -> Result<Option<HostTensor>> { t.clone().map(|t| download(t).and_then(|h| transpose(&h))).transpose() };
+                [tr(&p.m)?, tr(&p.v)?]
+            }
+        };
+        Ok([w, [host(&self.b.m)?, host(&self.b.v)?]])
+    }
+
+    /// Restores the optimiser buffers (torchvision layout; `None` before the first step).
+    fn set_buffers(&mut self, [w, b]: [[Option<&HostTensor>; 2]; 2], device: &Device) -> Result<()> {
+        match &mut self.w {
+            Weight::Conv(p) => [p.m, p.v] = [w[0].map(|t| upload(t, device)).transpose()?, w[1].map(|t| upload(t, device)).transpose()?],
+            Weight::Linear(p) => {
+                let up = |t: Option<&HostTensor>| t.map(|t| transpose(t).and_then(|t| upload(&t, device))).transpose();
+                [p.m, p.v] = [up(w[0])?, up(w[1])?];
+            }
+        }
+        [self.b.m, self.b.v] = [b[0].map(|t| upload(t, device)).transpose()?, b[1].map(|t| upload(t, device)).transpose()?];
+        Ok(())
+    }
+
     fn read(&self) -> Result<(HostTensor, HostTensor)> {
         let w = match &self.w {
             Weight::Conv(p) => download(p.value())?,
@@ -350,6 +376,42 @@ impl Model for BurnModel {
         for l in &mut self.trainable {
             *l = Layer::new(l.spec.clone(), weights, &self.device, true)?;
         }
+        self.steps = 0;
+        Ok(())
+    }
+
+    fn train_state(&self) -> Result<TrainState> {
+        let opt = self.cfg.optimizer.optimizer;
+        let mut buffers = std::collections::BTreeMap::new();
+        for l in &self.trainable {
+            for (param, bufs) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(l.buffers()?) {
+                for (name, t) in TrainState::buffer_names(param, &opt).into_iter().zip(bufs) {
+                    if let Some(t) = t {
+                        buffers.insert(name, t);
+                    }
+                }
+            }
+        }
+        Ok(TrainState { steps: self.steps as u64, dropout_position: self.masks.position(), buffers })
+    }
+
+    fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
+        let opt = self.cfg.optimizer.optimizer;
+        let params: Vec<String> = self.trainable.iter().flat_map(|l| [l.spec.id.weight_name(), l.spec.id.bias_name()]).collect();
+        st.check_names(&params, &opt)?;
+        let steps = i32::try_from(st.steps).map_err(|_| alexnet_core::Error::Config(format!("optimiser step count {} out of range", st.steps)))?;
+        for l in &mut self.trainable {
+            let mut slots = [[None, None], [None, None]];
+            let shapes = [&l.spec.weight_shape, &l.spec.bias_shape];
+            for ((param, shape), slot) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(shapes).zip(&mut slots) {
+                for (s, name) in slot.iter_mut().zip(TrainState::buffer_names(param, &opt)) {
+                    *s = st.buffer(&name, shape)?;
+                }
+            }
+            l.set_buffers(slots, &self.device)?;
+        }
+        self.steps = steps;
+        self.masks.set_position(st.dropout_position);
         Ok(())
     }
 

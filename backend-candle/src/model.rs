@@ -4,7 +4,7 @@ use crate::err;
 use crate::optim::ParamState;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats, TrainState,
     WeightSet,
 };
 use candle_core::{DType, Device, Tensor, Var};
@@ -284,6 +284,43 @@ impl Model for CandleModel {
             l.b.set(&to_device(b, &self.device)?).map_err(err)?;
             l.state = Default::default();
         }
+        Ok(())
+    }
+
+    fn train_state(&self) -> Result<TrainState> {
+        let mut buffers = std::collections::BTreeMap::new();
+        let mut steps = 0;
+        for l in &self.trainable {
+            for (param, state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&l.state) {
+                let (parts, s) = state.parts();
+                steps = s;
+                for (name, t) in TrainState::buffer_names(param, &self.cfg.optimizer.optimizer).into_iter().zip(parts) {
+                    if let Some(t) = t {
+                        buffers.insert(name, to_host(t)?);
+                    }
+                }
+            }
+        }
+        Ok(TrainState { steps: steps as u64, dropout_position: self.masks.position(), buffers })
+    }
+
+    fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
+        let opt = self.cfg.optimizer.optimizer;
+        let params: Vec<String> = self.trainable.iter().flat_map(|l| [l.spec.id.weight_name(), l.spec.id.bias_name()]).collect();
+        st.check_names(&params, &opt)?;
+        let steps = i32::try_from(st.steps).map_err(|_| alexnet_core::Error::Config(format!("optimiser step count {} out of range", st.steps)))?;
+        for l in &mut self.trainable {
+            let shapes = [l.spec.weight_shape.clone(), l.spec.bias_shape.clone()];
+            for ((param, shape), state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&shapes).zip(&mut l.state) {
+                let mut slots = [None, None];
+                for (slot, name) in slots.iter_mut().zip(TrainState::buffer_names(param, &opt)) {
+                    *slot = st.buffer(&name, shape)?.map(|t| to_device(t, &self.device)).transpose()?;
+                }
+                let [m, v] = slots;
+                *state = ParamState::restore(m, v, steps);
+            }
+        }
+        self.masks.set_position(st.dropout_position);
         Ok(())
     }
 

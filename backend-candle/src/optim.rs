@@ -17,6 +17,16 @@ pub struct ParamState {
 }
 
 impl ParamState {
+    /// The buffers (momentum or first moment, second moment) and the step count.
+    pub fn parts(&self) -> ([Option<&Tensor>; 2], i32) {
+        ([self.m.as_ref(), self.v.as_ref()], self.steps)
+    }
+
+    /// State restored from saved buffers (fresh storage: the CPU updates work in place).
+    pub fn restore(m: Option<Tensor>, v: Option<Tensor>, steps: i32) -> Self {
+        Self { m, v, steps }
+    }
+
     /// Applies one update to `var` given its gradient `g`, with learning rate `lr`.
     pub fn update(&mut self, cfg: &OptimizerConfig, var: &Var, g: &Tensor, lr: f64) -> Result<()> {
         self.steps += 1;

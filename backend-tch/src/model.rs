@@ -4,7 +4,7 @@ use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::{
     AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage,
-    StepStats, WeightSet,
+    StepStats, TrainState, WeightSet,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -207,6 +207,43 @@ impl Model for TchModel {
             l.b.f_copy_(&to_device(b, self.device)?).map_err(err)?;
             l.state = Default::default();
         }
+        self.steps = 0;
+        Ok(())
+    }
+
+    fn train_state(&self) -> Result<TrainState> {
+        let mut buffers = std::collections::BTreeMap::new();
+        for l in &self.trainable {
+            for (param, state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&l.state) {
+                let names = TrainState::buffer_names(param, &self.cfg.optimizer.optimizer);
+                for (name, t) in names.into_iter().zip([&state.0, &state.1]) {
+                    if let Some(t) = t {
+                        buffers.insert(name, to_host(t)?);
+                    }
+                }
+            }
+        }
+        Ok(TrainState { steps: self.steps as u64, dropout_position: self.masks.position(), buffers })
+    }
+
+    fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
+        let opt = self.cfg.optimizer.optimizer;
+        let params: Vec<String> = self.trainable.iter().flat_map(|l| [l.spec.id.weight_name(), l.spec.id.bias_name()]).collect();
+        st.check_names(&params, &opt)?;
+        for l in &mut self.trainable {
+            let shapes = [l.spec.weight_shape.clone(), l.spec.bias_shape.clone()];
+            for ((param, shape), state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&shapes).zip(&mut l.state) {
+                let names = TrainState::buffer_names(param, &opt);
+                let mut slots = [None, None];
+                for (slot, name) in slots.iter_mut().zip(&names) {
+                    *slot = st.buffer(name, shape)?.map(|t| to_device(t, self.device)).transpose()?;
+                }
+                let [a, b] = slots;
+                *state = (a, b);
+            }
+        }
+        self.steps = i32::try_from(st.steps).map_err(|_| alexnet_core::Error::Config(format!("optimiser step count {} out of range", st.steps)))?;
+        self.masks.set_position(st.dropout_position);
         Ok(())
     }
 

@@ -64,12 +64,4 @@ impl HostTensor {
         }
         Self { shape, data }
     }
-
-    /// Largest absolute difference to `other`, relative to `other`'s largest magnitude.
-    pub fn max_rel_diff(&self, other: &HostTensor) -> f32 {
-        assert_eq!(self.shape, other.shape, "shapes differ");
-        let scale = other.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let diff = self.data.iter().zip(&other.data).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        diff / scale
-    }
 }

@@ -24,16 +24,8 @@ pub enum LayerId {
 
 impl LayerId {
     /// All layers in forward order.
-    pub const ALL: [LayerId; 8] = [
-        LayerId::Conv1,
-        LayerId::Conv2,
-        LayerId::Conv3,
-        LayerId::Conv4,
-        LayerId::Conv5,
-        LayerId::Fc6,
-        LayerId::Fc7,
-        LayerId::Fc8,
-    ];
+    pub const ALL: [LayerId; 8] =
+        [LayerId::Conv1, LayerId::Conv2, LayerId::Conv3, LayerId::Conv4, LayerId::Conv5, LayerId::Fc6, LayerId::Fc7, LayerId::Fc8];
 
     /// Short name as used on the command line (`conv1` … `fc8`).
     pub fn name(self) -> &'static str {
@@ -42,16 +34,7 @@ impl LayerId {
 
     /// torchvision module path (`features.0` … `classifier.6`).
     pub fn module(self) -> &'static str {
-        [
-            "features.0",
-            "features.3",
-            "features.6",
-            "features.8",
-            "features.10",
-            "classifier.1",
-            "classifier.4",
-            "classifier.6",
-        ][self.index()]
+        ["features.0", "features.3", "features.6", "features.8", "features.10", "classifier.1", "classifier.4", "classifier.6"][self.index()]
     }
 
     /// Position in forward order, 0 for conv1.
@@ -93,10 +76,7 @@ impl FromStr for LayerId {
         LayerId::ALL
             .into_iter()
             .find(|l| l.name() == lower || l.module() == lower)
-            .ok_or_else(|| Error::UnknownLayer {
-                name: s.to_string(),
-                expected: LayerId::ALL.map(|l| l.name()).join(", "),
-            })
+            .ok_or_else(|| Error::UnknownLayer { name: s.to_string(), expected: LayerId::ALL.map(|l| l.name()).join(", ") })
     }
 }
 
@@ -104,21 +84,9 @@ impl FromStr for LayerId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum LayerKind {
     /// Conv2d + ReLU, followed by a 3×3/2 max-pool when `pool_after`.
-    Conv {
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        pool_after: bool,
-    },
+    Conv { in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize, pool_after: bool },
     /// Dropout (when `dropout_before`), Linear, then ReLU when `relu_after`.
-    Linear {
-        in_features: usize,
-        out_features: usize,
-        dropout_before: bool,
-        relu_after: bool,
-    },
+    Linear { in_features: usize, out_features: usize, dropout_before: bool, relu_after: bool },
 }
 
 /// One layer of a concrete AlexNet: its kind, parameter shapes and cost.
@@ -202,21 +170,10 @@ impl AlexNetSpec {
         let conv = |i: usize, in_c, out_c, k, s, p, pool_after| {
             let side = sides[i];
             let out_side = if pool_after { pool_out(side) } else { side };
-            let output_shape = if id == LayerId::Conv5 {
-                vec![out_c * POOL5_SIDE * POOL5_SIDE]
-            } else {
-                vec![out_c, out_side, out_side]
-            };
+            let output_shape = if id == LayerId::Conv5 { vec![out_c * POOL5_SIDE * POOL5_SIDE] } else { vec![out_c, out_side, out_side] };
             LayerSpec {
                 id,
-                kind: LayerKind::Conv {
-                    in_channels: in_c,
-                    out_channels: out_c,
-                    kernel: k,
-                    stride: s,
-                    padding: p,
-                    pool_after,
-                },
+                kind: LayerKind::Conv { in_channels: in_c, out_channels: out_c, kernel: k, stride: s, padding: p, pool_after },
                 weight_shape: vec![out_c, in_c, k, k],
                 bias_shape: vec![out_c],
                 output_shape,
@@ -225,12 +182,7 @@ impl AlexNetSpec {
         };
         let linear = |inf: usize, outf: usize, dropout_before, relu_after| LayerSpec {
             id,
-            kind: LayerKind::Linear {
-                in_features: inf,
-                out_features: outf,
-                dropout_before,
-                relu_after,
-            },
+            kind: LayerKind::Linear { in_features: inf, out_features: outf, dropout_before, relu_after },
             weight_shape: vec![outf, inf],
             bias_shape: vec![outf],
             output_shape: vec![outf],
@@ -258,10 +210,7 @@ impl AlexNetSpec {
 
     /// Every parameter name with its shape, in forward order.
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        self.layers()
-            .into_iter()
-            .flat_map(|l| [(l.id.weight_name(), l.weight_shape), (l.id.bias_name(), l.bias_shape)])
-            .collect()
+        self.layers().into_iter().flat_map(|l| [(l.id.weight_name(), l.weight_shape), (l.id.bias_name(), l.bias_shape)]).collect()
     }
 }
 

@@ -217,10 +217,7 @@ impl TrainState {
     /// has none yet (before the first step).
     pub fn buffer(&self, name: &str, shape: &[usize]) -> Result<Option<&HostTensor>> {
         match self.buffers.get(name) {
-            Some(t) if t.shape != shape => Err(Error::WeightSet(format!(
-                "optimiser state {name}: shape {:?}, the parameter has {shape:?}",
-                t.shape
-            ))),
+            Some(t) if t.shape != shape => Err(Error::WeightSet(format!("optimiser state {name}: shape {:?}, the parameter has {shape:?}", t.shape))),
             other => Ok(other),
         }
     }

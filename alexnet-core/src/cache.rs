@@ -8,9 +8,9 @@
 //! it stopped. A chunk that is truncated, corrupt (checksum) or from another key is reported,
 //! deleted and rebuilt; it is never used.
 
-use crate::data::View;
 use crate::data::Preprocess;
-use crate::{atomic, Error, Result};
+use crate::data::View;
+use crate::{Error, Result, atomic};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -84,6 +84,8 @@ pub struct CacheStats {
 }
 
 type EntryId = (u128, u32);
+/// A chunk's entries as read from disk.
+type ChunkEntries = Vec<(EntryId, Arc<[f32]>)>;
 
 /// A feature cache folder, loaded into memory.
 pub struct FeatureCache {
@@ -187,10 +189,7 @@ impl FeatureCache {
         let ids: Vec<String> = pending.iter().map(|((h, v), _)| format!("{h:032x}:{v}")).collect();
         let data: Vec<u8> = match self.key.dtype {
             CacheDtype::F32 => pending.iter().flat_map(|(_, f)| f.iter().flat_map(|v| v.to_le_bytes())).collect(),
-            CacheDtype::F16 => pending
-                .iter()
-                .flat_map(|(_, f)| f.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()))
-                .collect(),
+            CacheDtype::F16 => pending.iter().flat_map(|(_, f)| f.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes())).collect(),
         };
         let mut shape = vec![pending.len()];
         shape.extend_from_slice(&self.key.feature_shape);
@@ -204,23 +203,20 @@ impl FeatureCache {
         meta.insert("entries".to_string(), ids_json.clone());
         meta.insert("key".to_string(), serde_json::to_string(&self.key).expect("key serialises"));
         meta.insert("checksum".to_string(), format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&data)));
-        let bytes = safetensors::serialize([("features", view)], Some(meta))
-            .map_err(|e| Error::Cache { path: self.dir.clone(), msg: e.to_string() })?;
+        let bytes =
+            safetensors::serialize([("features", view)], Some(meta)).map_err(|e| Error::Cache { path: self.dir.clone(), msg: e.to_string() })?;
         let name = format!("chunk-{:016x}.safetensors", xxhash_rust::xxh3::xxh3_64(ids_json.as_bytes()));
         atomic::write(&self.dir.join(name), &bytes)?;
         self.stats.written_entries += pending.len();
         Ok(())
     }
 
-    fn read_chunk(&self, path: &Path) -> std::result::Result<Vec<(EntryId, Arc<[f32]>)>, String> {
+    fn read_chunk(&self, path: &Path) -> std::result::Result<ChunkEntries, String> {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("truncated or not safetensors ({e})"))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
         let meta = header.metadata().clone().unwrap_or_default();
-        let key: CacheKey = meta
-            .get("key")
-            .and_then(|k| serde_json::from_str(k).ok())
-            .ok_or("no cache key in header")?;
+        let key: CacheKey = meta.get("key").and_then(|k| serde_json::from_str(k).ok()).ok_or("no cache key in header")?;
         if key != self.key {
             return Err("written for another cache key".into());
         }

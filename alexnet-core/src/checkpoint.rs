@@ -6,8 +6,8 @@
 use crate::arch::LayerId;
 use crate::backend::TrainState;
 use crate::report::CurvePoint;
-use crate::weights::{parse_safetensors, write_safetensors, WeightSet};
-use crate::{atomic, Error, Result};
+use crate::weights::{WeightSet, parse_safetensors, write_safetensors};
+use crate::{Error, Result, atomic};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -47,7 +47,15 @@ const KIND: &str = "alexnet-rs training checkpoint v1";
 /// Writes a checkpoint atomically. Only the `trainable` layers' weights are stored (the frozen
 /// ones come from the run's weights file); `config` (the job's configuration as JSON) is stored
 /// so a resume with other settings is refused with the difference named.
-pub fn save(path: &Path, config: &str, trainable: &[LayerId], progress: &Progress, weights: &WeightSet, best: &WeightSet, state: &TrainState) -> Result<()> {
+pub fn save(
+    path: &Path,
+    config: &str,
+    trainable: &[LayerId],
+    progress: &Progress,
+    weights: &WeightSet,
+    best: &WeightSet,
+    state: &TrainState,
+) -> Result<()> {
     let mut tensors = BTreeMap::new();
     let best_is_current = progress.best_step == progress.step;
     for id in trainable {
@@ -160,8 +168,8 @@ fn diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::AlexNetSpec;
     use crate::HostTensor;
+    use crate::arch::AlexNetSpec;
 
     fn progress(step: usize, best_step: usize) -> Progress {
         Progress {

@@ -45,7 +45,13 @@ pub fn worst_ratio(got: &[f32], want: &[f64], bound: &[f64]) -> f64 {
     got.iter().zip(want).zip(bound).fold(0f64, |m, ((g, w), b)| {
         let d = (*g as f64 - w).abs();
         // A zero bound (an exactly representable result) allows no difference at all.
-        let r = if d == 0.0 { 0.0 } else if *b > 0.0 { d / b } else { f64::INFINITY };
+        let r = if d == 0.0 {
+            0.0
+        } else if *b > 0.0 {
+            d / b
+        } else {
+            f64::INFINITY
+        };
         if r.is_nan() { f64::INFINITY } else { m.max(r) }
     })
 }
@@ -91,7 +97,14 @@ fn delta(before: &HostTensor, after: &HostTensor) -> Vec<f32> {
 
 /// Runs `steps` fc training steps on the backend and on the reference (with `rule`); returns the
 /// worst ratio of each step's loss and updates to their bounds, checking frozen layers on the way.
-fn fc_step_ratios(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, rule: Rule, restore_before: Option<usize>) -> Vec<(String, f64)> {
+fn fc_step_ratios(
+    b: &dyn Backend,
+    policy: &str,
+    opt: OptimizerConfig,
+    steps: usize,
+    rule: Rule,
+    restore_before: Option<usize>,
+) -> Vec<(String, f64)> {
     let w0 = weights();
     let config = cfg(policy).with_optimizer(opt);
     let mut m = b.build(&w0, &config).unwrap();
@@ -200,7 +213,15 @@ pub fn train_state_round_trips(b: &dyn Backend) {
             .iter()
             .flat_map(|p| crate::backend::TrainState::buffer_names(p, &opt.optimizer))
             .collect::<Vec<_>>();
-        assert_eq!(st.buffers.keys().cloned().collect::<Vec<_>>(), { let mut e = expected.clone(); e.sort(); e }, "{opt:?}: buffers");
+        assert_eq!(
+            st.buffers.keys().cloned().collect::<Vec<_>>(),
+            {
+                let mut e = expected.clone();
+                e.sort();
+                e
+            },
+            "{opt:?}: buffers"
+        );
         let mut resumed = b.build(&a.weights().unwrap(), &config).unwrap();
         resumed.set_train_state(&st).unwrap();
         assert_eq!(resumed.train_state().unwrap(), st, "{opt:?}: state read back");
@@ -463,10 +484,8 @@ pub fn flower_subset(manifest_dir: &str, dir: &Path, per_class: usize) -> std::p
     let src = flower_photos(manifest_dir);
     let root = dir.join("flowers");
     for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
-        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
-            .unwrap_or_else(|e| panic!("{}: {e}", src.join(class).display()))
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(src.join(class)).unwrap_or_else(|e| panic!("{}: {e}", src.join(class).display())).map(|e| e.unwrap().path()).collect();
         files.sort();
         std::fs::create_dir_all(root.join(class)).unwrap();
         for f in files.into_iter().take(per_class) {

@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::freeze::FreezePolicy;
-use crate::job::{run, JobConfig};
+use crate::job::{JobConfig, run};
 use crate::observer::Observer;
 use crate::report::RunReport;
 use crate::weights::{LayerSource, WeightSet};
@@ -174,10 +174,7 @@ impl ExperimentReport {
     /// the times; then the cache speed-ups.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "| backend | fine-tune | trains | test acc. (best val) | best test seen | steps | train s | samples/s | cache fill s |"
-        );
+        let _ = writeln!(s, "| backend | fine-tune | trains | test acc. (best val) | best test seen | steps | train s | samples/s | cache fill s |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
             let policy: FreezePolicy = r.policy.parse().unwrap_or_default();

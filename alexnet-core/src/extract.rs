@@ -25,12 +25,7 @@ pub struct FillOutcome {
 
 /// Hashes every sample's bytes (in parallel), as the cache keys images by content.
 pub fn content_hashes(samples: &[Sample]) -> Result<Vec<u128>> {
-    samples
-        .par_iter()
-        .map(|s| {
-            std::fs::read(&s.path).map(|b| xxhash_rust::xxh3::xxh3_128(&b)).map_err(|e| Error::io(&s.path, e))
-        })
-        .collect()
+    samples.par_iter().map(|s| std::fs::read(&s.path).map(|b| xxhash_rust::xxh3::xxh3_128(&b)).map_err(|e| Error::io(&s.path, e))).collect()
 }
 
 /// Makes sure views `0..views[i]` of every sample `i` are cached, computing the missing ones

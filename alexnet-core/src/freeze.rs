@@ -16,8 +16,7 @@ pub struct FreezePolicy {
 
 impl FreezePolicy {
     /// Policies accepted on the command line, shallowest first.
-    pub const NAMES: [&'static str; 9] =
-        ["fc8", "fc7", "fc6", "conv5", "conv4", "conv3", "conv2", "conv1", "all"];
+    pub const NAMES: [&'static str; 9] = ["fc8", "fc7", "fc6", "conv5", "conv4", "conv3", "conv2", "conv1", "all"];
 
     /// Fine-tune from `layer` through fc8.
     pub fn from_layer(layer: LayerId) -> Self {
@@ -103,11 +102,7 @@ impl Default for FreezePolicy {
 
 impl fmt::Display for FreezePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first_trainable == LayerId::Conv1 {
-            f.write_str("all")
-        } else {
-            f.write_str(self.first_trainable.name())
-        }
+        if self.first_trainable == LayerId::Conv1 { f.write_str("all") } else { f.write_str(self.first_trainable.name()) }
     }
 }
 
@@ -117,9 +112,9 @@ impl FromStr for FreezePolicy {
         if s.eq_ignore_ascii_case("all") {
             return Ok(Self::all());
         }
-        s.parse::<LayerId>().map(Self::from_layer).map_err(|_| {
-            Error::Freeze(format!("unknown --finetune value {s:?}: expected one of {}", Self::NAMES.join(", ")))
-        })
+        s.parse::<LayerId>()
+            .map(Self::from_layer)
+            .map_err(|_| Error::Freeze(format!("unknown --finetune value {s:?}: expected one of {}", Self::NAMES.join(", "))))
     }
 }
 

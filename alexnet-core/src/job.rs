@@ -5,10 +5,10 @@ use crate::arch::AlexNetSpec;
 use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
 use crate::data::{Dataset, Preprocess, Split, SplitConfig};
-use crate::extract::{fill_cache, FillOutcome};
+use crate::extract::{FillOutcome, fill_cache};
 use crate::observer::Observer;
 use crate::report::{CacheSummary, DataSummary, RunReport, Timings};
-use crate::train::{evaluate, train, Inputs, TrainConfig};
+use crate::train::{Inputs, TrainConfig, evaluate, train};
 use crate::weights::WeightSet;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -165,28 +165,12 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     for i in &tr {
         views[*i] = views_wanted;
     }
-    let fill = fill_cache(
-        model.as_mut(),
-        &mut cache,
-        &dataset.samples,
-        &views,
-        &cfg.preprocess,
-        cfg.extract_batch,
-        cfg.skip_bad_images,
-        obs,
-    )?;
+    let fill = fill_cache(model.as_mut(), &mut cache, &dataset.samples, &views, &cfg.preprocess, cfg.extract_batch, cfg.skip_bad_images, obs)?;
     data.skipped = fill.skipped.clone();
     let cached = |ix: &[usize]| {
         let kept: Vec<(usize, u128)> = ix.iter().filter_map(|i| fill.hashes[*i].map(|h| (*i, h))).collect();
-        let views = kept
-            .iter()
-            .map(|(i, h)| (0..views[*i]).map(|v| cache.get(*h, v).cloned().expect("filled")).collect())
-            .collect();
-        Inputs::Cached {
-            feature_shape: cache.key().feature_shape.clone(),
-            views,
-            labels: kept.iter().map(|(i, _)| label(i)).collect(),
-        }
+        let views = kept.iter().map(|(i, h)| (0..views[*i]).map(|v| cache.get(*h, v).cloned().expect("filled")).collect()).collect();
+        Inputs::Cached { feature_shape: cache.key().feature_shape.clone(), views, labels: kept.iter().map(|(i, _)| label(i)).collect() }
     };
     let (train, val, test) = (cached(&tr), cached(&va), cached(&te));
     let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);
@@ -195,8 +179,8 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
 
 /// One line saying which layers are pretrained and which start from a seeded initialisation.
 pub fn provenance(w: &WeightSet) -> String {
-    use crate::weights::LayerSource;
     use crate::LayerId;
+    use crate::weights::LayerSource;
     let pick = |f: &dyn Fn(&LayerSource) -> bool| -> Vec<&str> {
         LayerId::ALL.into_iter().filter(|l| w.source(*l).is_some_and(f)).map(|l| l.name()).collect()
     };
@@ -234,8 +218,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
     let eval = |m: &mut dyn Model, x: &Inputs| evaluate(m, x, classes, cfg.train.batch_size);
     let val = eval(p.model.as_mut(), &p.val)?;
     let test = eval(p.model.as_mut(), &p.test)?;
-    let (extracted, views, ex_s) =
-        p.fill.as_ref().map(|f| (f.extracted_images, f.extracted_views, f.seconds)).unwrap_or((0, 0, 0.0));
+    let (extracted, views, ex_s) = p.fill.as_ref().map(|f| (f.extracted_images, f.extracted_views, f.seconds)).unwrap_or((0, 0, 0.0));
     let epochs = out.samples as f64 / p.train.len().max(1) as f64;
     let timings = Timings {
         extracted_images: extracted,

@@ -19,10 +19,8 @@ pub fn convert(bytes: &[u8]) -> R<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
     for (i, id) in LayerId::ALL.into_iter().filter(|l| l.is_conv()).enumerate() {
         let conv = get(net, &format!("Conv_{i}")).ok_or_else(|| format!("missing AlexNet_0/Conv_{i}"))?;
-        let kernel = array(get(conv, "kernel").ok_or_else(|| format!("missing Conv_{i}/kernel"))?)
-            .map_err(|e| format!("Conv_{i}/kernel: {e}"))?;
-        let bias = array(get(conv, "bias").ok_or_else(|| format!("missing Conv_{i}/bias"))?)
-            .map_err(|e| format!("Conv_{i}/bias: {e}"))?;
+        let kernel = array(get(conv, "kernel").ok_or_else(|| format!("missing Conv_{i}/kernel"))?).map_err(|e| format!("Conv_{i}/kernel: {e}"))?;
+        let bias = array(get(conv, "bias").ok_or_else(|| format!("missing Conv_{i}/bias"))?).map_err(|e| format!("Conv_{i}/bias: {e}"))?;
         if kernel.shape.len() != 4 {
             return Err(format!("Conv_{i}/kernel has shape {:?}, expected 4-D HWIO", kernel.shape));
         }
@@ -96,7 +94,8 @@ mod tests {
         let t = hwio_to_oihw(&k);
         assert_eq!(t.shape, vec![4, 3, 1, 2]);
         // out[o=1][i=2][h=0][w=1] = in[h=0][w=1][i=2][o=1] = (1*3+2)*4+1 = 21
-        assert_eq!(t.data[((1 * 3 + 2) * 1) * 2 + 1], 21.0);
+        let ((o, i, h, w), (ni, nh, nw)) = ((1, 2, 0, 1), (3, 1, 2));
+        assert_eq!(t.data[((o * ni + i) * nh + h) * nw + w], 21.0);
     }
 
     #[test]

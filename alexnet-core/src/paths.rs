@@ -17,7 +17,5 @@ pub fn home() -> PathBuf {
 /// The pretrained weights used when none are named: `$ALEXNET_WEIGHTS`, else the file that
 /// `alexnet weights fetch` writes, `<home>/weights/alexnet-imagenet-conv.safetensors`.
 pub fn default_weights() -> PathBuf {
-    std::env::var_os("ALEXNET_WEIGHTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join("weights").join("alexnet-imagenet-conv.safetensors"))
+    std::env::var_os("ALEXNET_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| home().join("weights").join("alexnet-imagenet-conv.safetensors"))
 }

@@ -105,8 +105,7 @@ fn conv(x: &Act, w: &[f64], wshape: &[usize], b: &[f64], stride: usize, pad: usi
                                 if ix < 0 || ix >= wd as isize {
                                     continue;
                                 }
-                                acc += w[((o * ci + i) * k + ky) * k + kx]
-                                    * x.data[((b_ * ci + i) * h + iy as usize) * wd + ix as usize];
+                                acc += w[((o * ci + i) * k + ky) * k + kx] * x.data[((b_ * ci + i) * h + iy as usize) * wd + ix as usize];
                             }
                         }
                     }
@@ -428,7 +427,8 @@ pub fn fc_train_step(
         grads.push((layers[idx].id, (gw, gw_err), (gb, gb_err)));
         if idx > 0 {
             // dh[r,i] = Σ_o dz[r,o]·w[o,i] (o_ products), then dropout and the ReLU's mask.
-            let mut dh = Bounded { value: Act { shape: vec![n, i_], data: vec![0.0; n * i_] }, bound: Act { shape: vec![n, i_], data: vec![0.0; n * i_] } };
+            let mut dh =
+                Bounded { value: Act { shape: vec![n, i_], data: vec![0.0; n * i_] }, bound: Act { shape: vec![n, i_], data: vec![0.0; n * i_] } };
             let go = gamma(o_);
             for r in 0..n {
                 for i in 0..i_ {
@@ -511,11 +511,7 @@ fn update(cfg: &ModelConfig, rule: Rule, p: &mut [f32], g: &[f64], g_err: &[f64]
                 st.m_err[i] = b1 * st.m_err[i] + (1.0 - b1) * h_err + 3.0 * U * st.m[i].abs();
                 st.v[i] = b2 * st.v[i] + (1.0 - b2) * h * h;
                 st.v_err[i] = b2 * st.v_err[i] + (1.0 - b2) * (2.0 * h.abs() * h_err + h_err * h_err) + 4.0 * U * st.v[i];
-                let (bc1, bc2) = if rule == Rule::AdamWithoutBiasCorrection {
-                    (1.0, 1.0)
-                } else {
-                    (1.0 - b1.powi(st.t), 1.0 - b2.powi(st.t))
-                };
+                let (bc1, bc2) = if rule == Rule::AdamWithoutBiasCorrection { (1.0, 1.0) } else { (1.0 - b1.powi(st.t), 1.0 - b2.powi(st.t)) };
                 let vh = st.v[i] / bc2;
                 let vh_err = st.v_err[i] / bc2;
                 // √ is 1/(2√v)-Lipschitz away from 0 and √e-continuous at 0.

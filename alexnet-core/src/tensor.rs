@@ -14,10 +14,7 @@ impl HostTensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(Error::Config(format!(
-                "tensor of shape {shape:?} needs {n} values, got {}",
-                data.len()
-            )));
+            return Err(Error::Config(format!("tensor of shape {shape:?} needs {n} values, got {}", data.len())));
         }
         Ok(Self { shape, data })
     }

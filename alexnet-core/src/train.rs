@@ -3,7 +3,7 @@
 use crate::backend::{Model, Stage, TrainState};
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::data::{Prefetcher, Preprocess, View};
-use crate::metrics::{argmax_rows, Confusion, EvalMetrics};
+use crate::metrics::{Confusion, EvalMetrics, argmax_rows};
 use crate::observer::Observer;
 use crate::report::CurvePoint;
 use crate::tensor::HostTensor;
@@ -25,7 +25,10 @@ pub enum LrSchedule {
     /// Cosine decay from the base rate to 0 at the last step.
     Cosine,
     /// Multiply by `gamma` every `every` steps.
-    Step { every: usize, gamma: f32 },
+    Step {
+        every: usize,
+        gamma: f32,
+    },
 }
 
 impl LrSchedule {
@@ -59,15 +62,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
-            epochs: 8,
-            max_steps: None,
-            batch_size: 64,
-            lr: 0.005,
-            schedule: LrSchedule::Cosine,
-            eval_every: None,
-            seed: 0,
-        }
+        Self { epochs: 8, max_steps: None, batch_size: 64, lr: 0.005, schedule: LrSchedule::Cosine, eval_every: None, seed: 0 }
     }
 }
 
@@ -138,7 +133,13 @@ impl Inputs {
 
     /// Batches of (inputs, labels) over `order`, from its `skip`-th batch on (resuming a run:
     /// the skipped batches' random view choices are drawn all the same).
-    fn batches(&self, order: Vec<usize>, batch: usize, augment: Option<u64>, skip: usize) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
+    fn batches(
+        &self,
+        order: Vec<usize>,
+        batch: usize,
+        augment: Option<u64>,
+        skip: usize,
+    ) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
         let skip = (skip * batch).min(order.len());
         match self {
             Inputs::Cached { feature_shape, views, labels } => {
@@ -258,7 +259,18 @@ pub fn train_resumable(
         order.shuffle(rng);
         (order, rng.random::<u64>())
     };
-    let mut p = Progress { step: 0, total, epoch: 0, batch_in_epoch: 0, samples: 0, train_seconds: 0.0, eval_seconds: 0.0, curve: vec![], best_score: None, best_step: 0 };
+    let mut p = Progress {
+        step: 0,
+        total,
+        epoch: 0,
+        batch_in_epoch: 0,
+        samples: 0,
+        train_seconds: 0.0,
+        eval_seconds: 0.0,
+        curve: vec![],
+        best_score: None,
+        best_step: 0,
+    };
     let mut best: Option<WeightSet> = None;
     let mut resuming = false;
     if let Some(c) = resume {
@@ -354,7 +366,15 @@ pub fn train_resumable(
     // validate() guarantees total ≥ 1 and the last step always evaluates; never panic regardless.
     let best = best.ok_or_else(|| Error::Config(format!("training ran {} step(s) without reaching an evaluation point", p.step)))?;
     model.set_weights(&best)?;
-    Ok(TrainOutcome { curve: p.curve, best_step: p.best_step, best, train_seconds: p.train_seconds, eval_seconds: p.eval_seconds, samples: p.samples, steps: p.step })
+    Ok(TrainOutcome {
+        curve: p.curve,
+        best_step: p.best_step,
+        best,
+        train_seconds: p.train_seconds,
+        eval_seconds: p.eval_seconds,
+        samples: p.samples,
+        steps: p.step,
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use crate::arch::{AlexNetSpec, LayerId};
 use crate::tensor::HostTensor;
-use crate::{atomic, Error, Result};
+use crate::{Error, Result, atomic};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
@@ -112,15 +112,9 @@ impl WeightSet {
 
     /// Replaces a parameter, checking that name and shape belong to this network.
     pub fn set(&mut self, name: &str, t: HostTensor) -> Result<()> {
-        let expected = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::WeightSet(format!("no parameter named {name:?} in AlexNet")))?;
+        let expected = self.tensors.get(name).ok_or_else(|| Error::WeightSet(format!("no parameter named {name:?} in AlexNet")))?;
         if expected.shape != t.shape {
-            return Err(Error::WeightSet(format!(
-                "{name}: shape {:?}, expected {:?}",
-                t.shape, expected.shape
-            )));
+            return Err(Error::WeightSet(format!("{name}: shape {:?}, expected {:?}", t.shape, expected.shape)));
         }
         self.tensors.insert(name.to_string(), t);
         Ok(())
@@ -141,10 +135,7 @@ impl WeightSet {
             match (found.get(&wn), found.get(&bn)) {
                 (None, None) => continue,
                 (Some(_), None) | (None, Some(_)) => {
-                    return Err(Error::Weights {
-                        path: path.into(),
-                        msg: format!("{id} has only one of {wn} / {bn}; the file is incomplete"),
-                    });
+                    return Err(Error::Weights { path: path.into(), msg: format!("{id} has only one of {wn} / {bn}; the file is incomplete") });
                 }
                 (Some(wt), Some(bt)) => {
                     if id == LayerId::Fc8 {
@@ -248,12 +239,7 @@ pub(crate) type Parsed = (BTreeMap<String, HostTensor>, HashMap<String, String>)
 /// Parses safetensors bytes into f32 host tensors plus the header metadata.
 pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
-    let meta = SafeTensors::read_metadata(bytes)
-        .map_err(|e| e.to_string())?
-        .1
-        .metadata()
-        .clone()
-        .unwrap_or_default();
+    let meta = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?.1.metadata().clone().unwrap_or_default();
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let raw = view.data();
@@ -271,14 +257,10 @@ pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<Parsed, String> {
 
 /// Serialises f32 tensors to safetensors bytes.
 pub fn write_safetensors(tensors: &BTreeMap<String, HostTensor>, meta: HashMap<String, String>) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, b, s)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view")))
-        .collect();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        bytes.iter().map(|(n, b, s)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"))).collect();
     safetensors::serialize(views, Some(meta)).map_err(|e| Error::WeightSet(format!("serialising: {e}")))
 }
 

@@ -6,8 +6,7 @@ use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage,
-    StepStats, TrainState, WeightSet,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage, StepStats, TrainState, WeightSet,
 };
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::{conv2d, max_pool2d};
@@ -246,7 +245,8 @@ impl Layer {
         let w = match &self.w {
             Weight::Conv(p) => [p.m.clone().map(download).transpose()?, p.v.clone().map(download).transpose()?],
             Weight::Linear(p) => {
-                let tr = |t: &Option<Tensor<2>>| -> Result<Option<HostTensor>> { t.clone().map(|t| download(t).and_then(|h| transpose(&h))).transpose() };
+                let tr =
+                    |t: &Option<Tensor<2>>| -> Result<Option<HostTensor>> { t.clone().map(|t| download(t).and_then(|h| transpose(&h))).transpose() };
                 [tr(&p.m)?, tr(&p.v)?]
             }
         };

@@ -35,9 +35,7 @@ impl CandleBackend {
         let device = match spec {
             DeviceSpec::Cpu => Device::Cpu,
             DeviceSpec::Cuda(i) => Device::new_cuda(i).map_err(|e| {
-                err(format!(
-                    "cannot open cuda:{i}: {e} (build with `--features cuda` on a machine with an NVIDIA GPU; see scripts/build-cuda.sh)"
-                ))
+                err(format!("cannot open cuda:{i}: {e} (build with `--features cuda` on a machine with an NVIDIA GPU; see scripts/build-cuda.sh)"))
             })?,
         };
         Ok(Self { device, spec })

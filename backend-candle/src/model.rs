@@ -3,10 +3,7 @@
 use crate::err;
 use crate::optim::ParamState;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
-use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats, TrainState,
-    WeightSet,
-};
+use alexnet_core::{AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats, TrainState, WeightSet};
 use candle_core::{DType, Device, Tensor, Var};
 
 struct Frozen {
@@ -77,23 +74,12 @@ fn block(x: &Tensor, spec: &LayerSpec, w: &Tensor, b: &Tensor, mask: Option<&Ten
     block_mode(x, spec, w, b, mask, false)
 }
 
-fn block_mode(
-    x: &Tensor,
-    spec: &LayerSpec,
-    w: &Tensor,
-    b: &Tensor,
-    mask: Option<&Tensor>,
-    differentiable: bool,
-) -> candle_core::Result<Tensor> {
+fn block_mode(x: &Tensor, spec: &LayerSpec, w: &Tensor, b: &Tensor, mask: Option<&Tensor>, differentiable: bool) -> candle_core::Result<Tensor> {
     match spec.kind {
         LayerKind::Conv { stride, padding, pool_after, out_channels, .. } => {
             let mut y = x.conv2d(w, padding, stride, 1, 1)?.broadcast_add(&b.reshape((1, out_channels, 1, 1))?)?.relu()?;
             if pool_after {
-                y = if differentiable {
-                    max_pool_differentiable(&y)?
-                } else {
-                    y.max_pool2d_with_stride(MAXPOOL.0, MAXPOOL.1)?
-                };
+                y = if differentiable { max_pool_differentiable(&y)? } else { y.max_pool2d_with_stride(MAXPOOL.0, MAXPOOL.1)? };
             }
             if spec.output_shape.len() == 1 {
                 y = y.flatten_from(1)?; // pool5 is 6×6 by construction: the adaptive pool is the identity

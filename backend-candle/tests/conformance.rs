@@ -3,7 +3,4 @@
 alexnet_core::conformance_tests!(backend_candle::CandleBackend::cpu());
 
 #[cfg(feature = "cuda")]
-alexnet_core::conformance_tests!(
-    cuda,
-    backend_candle::CandleBackend::new(alexnet_core::DeviceSpec::Cuda(0)).expect("a CUDA device")
-);
+alexnet_core::conformance_tests!(cuda, backend_candle::CandleBackend::new(alexnet_core::DeviceSpec::Cuda(0)).expect("a CUDA device"));

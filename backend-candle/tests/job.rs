@@ -3,7 +3,7 @@
 //! (weights, crop) or damages the cache triggers re-extraction.
 
 use alexnet_core::conformance::{flower_subset, pretrained_weights};
-use alexnet_core::job::{run, JobConfig};
+use alexnet_core::job::{JobConfig, run};
 use alexnet_core::observer::Silent;
 use alexnet_core::train::LrSchedule;
 use alexnet_core::{FreezePolicy, WeightSet};
@@ -11,9 +11,6 @@ use backend_candle::CandleBackend;
 use std::path::Path;
 
 const PER_CLASS: usize = 10;
-
-
-
 
 fn config(data: &Path, cache: &Path, weights: &Path) -> JobConfig {
     let mut cfg = JobConfig::new(data);

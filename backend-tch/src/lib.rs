@@ -31,9 +31,7 @@ fn load_torch_cuda() -> Result<()> {
             let e = libc::dlerror();
             if e.is_null() { "unknown error".to_string() } else { std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned() }
         };
-        return Err(err(format!(
-            "cannot load libtorch_cuda.so ({msg}): this libtorch has no CUDA, or its lib/ folder is not on the library path"
-        )));
+        return Err(err(format!("cannot load libtorch_cuda.so ({msg}): this libtorch has no CUDA, or its lib/ folder is not on the library path")));
     }
     Ok(())
 }

@@ -3,8 +3,7 @@
 use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage,
-    StepStats, TrainState, WeightSet,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage, StepStats, TrainState, WeightSet,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -166,10 +165,10 @@ impl Model for TchModel {
     fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
         let input = self.at_cut(x, stage)?;
         let logits = self.head(input, true)?;
-        let targets = Tensor::f_from_slice(&labels.iter().map(|l| *l as i64).collect::<Vec<_>>())
-            .and_then(|t| t.f_to_device(self.device))
-            .map_err(err)?;
-        let loss = logits.f_log_softmax(-1, Kind::Float).and_then(|l| l.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)).map_err(err)?;
+        let targets =
+            Tensor::f_from_slice(&labels.iter().map(|l| *l as i64).collect::<Vec<_>>()).and_then(|t| t.f_to_device(self.device)).map_err(err)?;
+        let loss =
+            logits.f_log_softmax(-1, Kind::Float).and_then(|l| l.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)).map_err(err)?;
         let correct = logits.f_argmax(1, false).and_then(|p| p.f_eq_tensor(&targets)).and_then(|e| e.f_sum(Kind::Int64)).map_err(err)?;
         loss.f_backward().map_err(err)?;
         self.steps += 1;

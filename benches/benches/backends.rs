@@ -76,9 +76,7 @@ fn pipeline(c: &mut Criterion, r: &mut Runner) {
     let pre = Preprocess::default();
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(files.len() as u64));
-    r.bench(&mut g, "pipeline", PIPELINE, || {
-        files.iter().map(|f| pre.views(f, &[View::Center]).unwrap().1.len()).sum::<usize>()
-    });
+    r.bench(&mut g, "pipeline", PIPELINE, || files.iter().map(|f| pre.views(f, &[View::Center]).unwrap().1.len()).sum::<usize>());
     g.finish();
 }
 
@@ -112,17 +110,11 @@ fn models(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backen
             m.synchronize().unwrap();
             f
         });
-        r.bench(&mut g, "alexnet", &model_id("head_step", &name), || {
-            m.train_step(&pool5, Stage::Cut, &y, 1e-4).unwrap()
-        });
-        r.bench(&mut g, "alexnet", &model_id("full_step", &name), || {
-            m.train_step(&images, Stage::Image, &y, 1e-4).unwrap()
-        });
+        r.bench(&mut g, "alexnet", &model_id("head_step", &name), || m.train_step(&pool5, Stage::Cut, &y, 1e-4).unwrap());
+        r.bench(&mut g, "alexnet", &model_id("full_step", &name), || m.train_step(&images, Stage::Image, &y, 1e-4).unwrap());
         drop(m);
         let mut m5 = b.build(&w, &config("conv5")).unwrap();
-        r.bench(&mut g, "alexnet", &model_id("conv5_step", &name), || {
-            m5.train_step(&conv4, Stage::Cut, &y, 1e-4).unwrap()
-        });
+        r.bench(&mut g, "alexnet", &model_id("conv5_step", &name), || m5.train_step(&conv4, Stage::Cut, &y, 1e-4).unwrap());
     }
     g.finish();
 }
@@ -143,8 +135,7 @@ fn main() {
         let estimate = match (args.sample_size, args.measurement_s) {
             (None, m) => format!(
                 ", about {:.0} min",
-                total as f64 * (m.unwrap_or(DEFAULT_MEASUREMENT_S) + args.warm_up_s.unwrap_or(DEFAULT_WARM_UP_S) + 3.0)
-                    / 60.0
+                total as f64 * (m.unwrap_or(DEFAULT_MEASUREMENT_S) + args.warm_up_s.unwrap_or(DEFAULT_WARM_UP_S) + 3.0) / 60.0
             ),
             _ => String::new(),
         };
@@ -167,13 +158,7 @@ fn main() {
 }
 
 /// The cross-backend table from the estimates criterion saved in this run.
-fn write_summary(
-    args: &Args,
-    dir: &std::path::Path,
-    started: SystemTime,
-    ran: &[String],
-    skipped: &[(String, String)],
-) {
+fn write_summary(args: &Args, dir: &std::path::Path, started: SystemTime, ran: &[String], skipped: &[(String, String)]) {
     if args.no_saved_results {
         eprintln!("alexnet-benches: criterion saves no estimates with --discard-baseline/--load-baseline; no summary");
         return;
@@ -182,12 +167,11 @@ fn write_summary(
     let mut rows: Vec<Row> = ran.iter().map(|l| Row::Ran { label: l.clone() }).collect();
     rows.extend(skipped.iter().map(|(l, why)| Row::Skipped { label: l.clone(), reason: why.clone() }));
     let flags: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let features: Vec<&str> =
-        [("tch", cfg!(feature = "tch")), ("cuda", cfg!(feature = "cuda")), ("vulkan", cfg!(feature = "vulkan"))]
-            .iter()
-            .filter(|f| f.1)
-            .map(|f| f.0)
-            .collect();
+    let features: Vec<&str> = [("tch", cfg!(feature = "tch")), ("cuda", cfg!(feature = "cuda")), ("vulkan", cfg!(feature = "vulkan"))]
+        .iter()
+        .filter(|f| f.1)
+        .map(|f| f.0)
+        .collect();
     let table = Table {
         title: format!("alexnet-benches: {}, {}", summary::utc_stamp(started), summary::machine()),
         notes: vec![format!(
@@ -198,10 +182,7 @@ fn write_summary(
         rows: &rows,
         columns: &MODEL_BENCHES,
         id: &|bench, label| format!("alexnet/{}", model_id(bench, label)),
-        extra: &[(
-            "pipeline/decode_resize_crop/1thread (32 flower JPEGs on one core; backend-independent)",
-            format!("pipeline/{PIPELINE}"),
-        )],
+        extra: &[("pipeline/decode_resize_crop/1thread (32 flower JPEGs on one core; backend-independent)", format!("pipeline/{PIPELINE}"))],
         unit: "samples (images) per second",
     };
     let md = summary::render(&table, &results);

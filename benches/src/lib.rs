@@ -47,8 +47,7 @@ pub fn backends() -> Backends {
         skipped.push(("burn-vulkan0".to_string(), "`--features vulkan` (a Vulkan driver)".to_string()));
     } else {
         let candle = if cfg!(feature = "cuda") { env.to_string() } else { format!("`--features cuda` and {env}") };
-        let tch =
-            if cfg!(feature = "tch") { env.to_string() } else { format!("`--features tch` (CUDA libtorch) and {env}") };
+        let tch = if cfg!(feature = "tch") { env.to_string() } else { format!("`--features tch` (CUDA libtorch) and {env}") };
         let burn = if cfg!(feature = "vulkan") { env.to_string() } else { format!("`--features vulkan` and {env}") };
         skipped.push(("candle-cuda0".to_string(), candle));
         skipped.push(("tch-cuda0".to_string(), tch));

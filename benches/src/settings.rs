@@ -179,13 +179,11 @@ impl Args {
     pub fn sizing(&self, iter_s: f64) -> Sizing {
         let t = iter_s.max(1e-9);
         let budget = self.measurement_s.unwrap_or(DEFAULT_MEASUREMENT_S);
-        let n =
-            self.sample_size.unwrap_or_else(|| ((budget / (2.0 * t)).floor() as usize).clamp(MIN_SAMPLES, MAX_SAMPLES));
+        let n = self.sample_size.unwrap_or_else(|| ((budget / (2.0 * t)).floor() as usize).clamp(MIN_SAMPLES, MAX_SAMPLES));
         let warm_up = Duration::from_secs_f64(self.warm_up_s.unwrap_or(DEFAULT_WARM_UP_S));
         // Linear sampling runs 1 + 2 + … + n iterations at least (times d ≥ 1).
         let linear_runs = (n * (n + 1) / 2) as f64;
-        let target =
-            if self.sample_size.is_some() && self.measurement_s.is_none() { MIN_MEASUREMENT_S } else { budget };
+        let target = if self.sample_size.is_some() && self.measurement_s.is_none() { MIN_MEASUREMENT_S } else { budget };
         if linear_runs * t * 2.0 <= target {
             let measurement = Duration::from_secs_f64(self.measurement_s.unwrap_or(target));
             return Sizing { sample_size: n, warm_up, measurement, flat: false, iters_per_sample: 0 };
@@ -195,13 +193,7 @@ impl Args {
         let measurement = self.measurement_s.unwrap_or(n as f64 * (k as f64 - 0.5) * t);
         // What criterion will pick from that (the probe standing in for the warm-up mean).
         let k = ((measurement / n as f64 / t).ceil() as u64).max(1);
-        Sizing {
-            sample_size: n,
-            warm_up,
-            measurement: Duration::from_secs_f64(measurement),
-            flat: true,
-            iters_per_sample: k,
-        }
+        Sizing { sample_size: n, warm_up, measurement: Duration::from_secs_f64(measurement), flat: true, iters_per_sample: k }
     }
 }
 
@@ -219,11 +211,7 @@ pub struct Sizing {
 impl Sizing {
     /// Expected seconds for warm-up plus sampling.
     pub fn expected_s(&self, iter_s: f64) -> f64 {
-        let sampling = if self.flat {
-            (self.sample_size as u64 * self.iters_per_sample) as f64 * iter_s
-        } else {
-            self.measurement.as_secs_f64()
-        };
+        let sampling = if self.flat { (self.sample_size as u64 * self.iters_per_sample) as f64 * iter_s } else { self.measurement.as_secs_f64() };
         self.warm_up.as_secs_f64().max(iter_s) + sampling
     }
 }

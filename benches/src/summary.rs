@@ -116,9 +116,7 @@ fn read_one(new: &Path, since: SystemTime) -> Option<(String, Estimate)> {
     let id = bench.get("full_id")?.as_str()?.to_string();
     let elements = bench.get("throughput").and_then(|t| t.get("Elements").or_else(|| t.get("ElementsAndBytes")));
     let elements = elements.and_then(|e| e.as_u64().or_else(|| e.get("elements")?.as_u64()));
-    let samples = read_json(&new.join("sample.json"))
-        .and_then(|s| s.get("iters").and_then(Value::as_array).map(Vec::len))
-        .unwrap_or(0);
+    let samples = read_json(&new.join("sample.json")).and_then(|s| s.get("iters").and_then(Value::as_array).map(Vec::len)).unwrap_or(0);
     Some((
         id,
         Estimate {
@@ -248,12 +246,9 @@ pub fn utc_stamp(t: SystemTime) -> String {
 /// `N × CPU model` from /proc/cpuinfo where there is one.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
-        c.lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, m)| m.trim().to_string())
-    });
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string()));
     match model {
         Some(m) => format!("{cores} cores, {m}"),
         None => format!("{cores} cores"),
@@ -303,10 +298,7 @@ mod tests {
         // Older than `since`: not this run's.
         assert!(collect(&dir, SystemTime::now() + Duration::from_secs(60)).is_empty());
 
-        let rows = [
-            Row::Ran { label: "candle".into() },
-            Row::Skipped { label: "tch".into(), reason: "`--features tch`".into() },
-        ];
+        let rows = [Row::Ran { label: "candle".into() }, Row::Skipped { label: "tch".into(), reason: "`--features tch`".into() }];
         let t = Table {
             title: "t".into(),
             notes: vec![],

@@ -1,7 +1,7 @@
 //! Picks a backend by name.
 
 use alexnet_core::{Backend, DeviceSpec};
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 /// Backends compiled into this binary.
 pub const AVAILABLE: &[&str] = &[
@@ -40,9 +40,5 @@ pub fn make(name: &str, device: DeviceSpec) -> Result<Box<dyn Backend>> {
 
 /// `all` (every backend built in) or one backend.
 pub fn make_many(name: &str, device: DeviceSpec) -> Result<Vec<Box<dyn Backend>>> {
-    if name == "all" {
-        AVAILABLE.iter().map(|n| make(n, device)).collect()
-    } else {
-        Ok(vec![make(name, device)?])
-    }
+    if name == "all" { AVAILABLE.iter().map(|n| make(n, device)).collect() } else { Ok(vec![make(name, device)?]) }
 }

@@ -1,14 +1,14 @@
 //! What each subcommand does.
 
-use crate::args::{default_weights, Cli, Command, DataArgs, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
+use crate::args::{Cli, Command, DataArgs, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand, default_weights};
 use crate::progress::Bars;
 use crate::{backends, experiment, plots, rundir, weights_cmd};
 use alexnet_core::data::{Dataset, Split};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::report::RunReport;
-use alexnet_core::train::{evaluate, Inputs};
+use alexnet_core::train::{Inputs, evaluate};
 use alexnet_core::{Backend, FreezePolicy, HostTensor, LayerId, ModelConfig, Stage};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -116,27 +116,16 @@ fn print_summary(r: &RunReport) {
             t.extract_views_per_second.unwrap_or(0.0)
         );
     }
-    println!(
-        "{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)",
-        "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second
-    );
+    println!("{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)", "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second);
     println!("{:<28} {}", "best step (validation)", r.best_step);
     println!("{:<28} {:.2}%", "validation accuracy", 100.0 * r.val.accuracy);
     println!("{:<28} {:.2}%", "test accuracy", 100.0 * r.test.accuracy);
     for (c, a) in r.data.classes.iter().zip(&r.test.per_class_accuracy) {
         println!("  {:<26} {}", c, a.map(|a| format!("{:.1}%", 100.0 * a)).unwrap_or_else(|| "-".into()));
     }
-    let pretrained: Vec<_> = r
-        .layers
-        .iter()
-        .filter(|(_, s)| matches!(s, alexnet_core::LayerSource::Pretrained { .. }))
-        .map(|(l, _)| l.name())
-        .collect();
-    println!(
-        "{:<28} pretrained: {}",
-        "weights",
-        if pretrained.is_empty() { "none".to_string() } else { pretrained.join(", ") }
-    );
+    let pretrained: Vec<_> =
+        r.layers.iter().filter(|(_, s)| matches!(s, alexnet_core::LayerSource::Pretrained { .. })).map(|(l, _)| l.name()).collect();
+    println!("{:<28} pretrained: {}", "weights", if pretrained.is_empty() { "none".to_string() } else { pretrained.join(", ") });
 }
 
 fn trained_layers(r: &RunReport) -> String {
@@ -188,9 +177,11 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
         .classes
         .iter()
         .map(|c| {
-            info.classes.iter().position(|m| m == c).map(|i| i as u32).with_context(|| {
-                format!("class folder {c:?} is not one of the model's classes {:?}", info.classes)
-            })
+            info.classes
+                .iter()
+                .position(|m| m == c)
+                .map(|i| i as u32)
+                .with_context(|| format!("class folder {c:?} is not one of the model's classes {:?}", info.classes))
         })
         .collect::<Result<_>>()?;
     let split = args.split.map(|s| match s {
@@ -198,11 +189,7 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
         SplitArg::Val => Split::Val,
         SplitArg::Test => Split::Test,
     });
-    let picked: Vec<_> = ds
-        .samples
-        .iter()
-        .filter(|s| split.is_none_or(|sp| info.split.assign(&s.rel) == sp))
-        .collect();
+    let picked: Vec<_> = ds.samples.iter().filter(|s| split.is_none_or(|sp| info.split.assign(&s.rel) == sp)).collect();
     if picked.is_empty() {
         bail!("{}: no images to evaluate", args.data.display());
     }

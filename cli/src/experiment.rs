@@ -2,8 +2,8 @@
 
 use crate::args::ExperimentArgs;
 use crate::commands::{bars, check_data, resolve_weights};
-use crate::plots::{both, LineChart, Series};
-use alexnet_core::experiment::{run_experiment, ExperimentConfig, ExperimentReport};
+use crate::plots::{LineChart, Series, both};
+use alexnet_core::experiment::{ExperimentConfig, ExperimentReport, run_experiment};
 use alexnet_core::{AlexNetSpec, Backend, WeightSet};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -102,20 +102,22 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     let lowest = rep.runs.iter().flat_map(|r| r.curve.iter().filter_map(|p| p.test_accuracy)).fold(1.0f64, f64::min);
     let y_range = Some((((lowest - 0.05) * 10.0).floor().max(0.0) / 10.0, 1.0));
     let by_step = series(&|p| p.step as f64);
-    written.extend(both(&out.join("accuracy_vs_step"), (1000, 620), &LineChart {
-        title: &title,
-        x_label: "training step",
-        y_label: "test accuracy",
-        series: &by_step,
-        y_range,
-    })?);
+    written.extend(both(
+        &out.join("accuracy_vs_step"),
+        (1000, 620),
+        &LineChart { title: &title, x_label: "training step", y_label: "test accuracy", series: &by_step, y_range },
+    )?);
     let by_time = series(&|p| p.train_seconds);
-    written.extend(both(&out.join("accuracy_vs_time"), (1000, 620), &LineChart {
-        title: &title,
-        x_label: "training wall-clock seconds (excl. evaluation and cache fill)",
-        y_label: "test accuracy",
-        series: &by_time,
-        y_range,
-    })?);
+    written.extend(both(
+        &out.join("accuracy_vs_time"),
+        (1000, 620),
+        &LineChart {
+            title: &title,
+            x_label: "training wall-clock seconds (excl. evaluation and cache fill)",
+            y_label: "test accuracy",
+            series: &by_time,
+            y_range,
+        },
+    )?);
     Ok(written)
 }

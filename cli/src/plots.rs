@@ -2,7 +2,7 @@
 
 use alexnet_core::metrics::Confusion;
 use alexnet_core::report::RunReport;
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -86,13 +86,7 @@ impl Figure for LineChart<'_> {
             .y_label_area_size(55)
             .build_cartesian_2d(0f64..x_max, y_min..y_max)
             .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc(self.x_label)
-            .y_desc(self.y_label)
-            .label_style(("sans-serif", 13))
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+        chart.configure_mesh().x_desc(self.x_label).y_desc(self.y_label).label_style(("sans-serif", 13)).draw().map_err(|e| anyhow!("{e}"))?;
         for (i, s) in self.series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
@@ -100,9 +94,7 @@ impl Figure for LineChart<'_> {
                 .map_err(|e| anyhow!("{e}"))?
                 .label(s.name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            chart
-                .draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                .map_err(|e| anyhow!("{e}"))?;
+            chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(|e| anyhow!("{e}"))?;
         }
         chart
             .configure_series_labels()
@@ -128,10 +120,14 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
     ];
     let loss = [Series { name: "train loss".into(), points: pts(&|p| Some(p.train_loss as f64)) }];
     let title = format!("{} · fine-tune {} · {}", report.backend, report.policy, report.device);
-    both(base, (1000, 700), &Stacked(
-        LineChart { title: &title, x_label: "step", y_label: "accuracy", series: &acc, y_range: Some((0.0, 1.0)) },
-        LineChart { title: "training loss", x_label: "step", y_label: "cross-entropy", series: &loss, y_range: None },
-    ))
+    both(
+        base,
+        (1000, 700),
+        &Stacked(
+            LineChart { title: &title, x_label: "step", y_label: "accuracy", series: &acc, y_range: Some((0.0, 1.0)) },
+            LineChart { title: "training loss", x_label: "step", y_label: "cross-entropy", series: &loss, y_range: None },
+        ),
+    )
 }
 
 /// Two figures, one above the other (60/40).
@@ -174,9 +170,7 @@ impl Figure for ConfusionFigure<'_> {
             .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())
             .map_err(|e| anyhow!("{e}"))?;
         let label = |v: &SegmentValue<usize>, flip: bool| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => {
-                self.classes[if flip { n - 1 - i } else { *i }].clone()
-            }
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => self.classes[if flip { n - 1 - i } else { *i }].clone(),
             _ => String::new(),
         };
         chart
@@ -199,17 +193,11 @@ impl Figure for ConfusionFigure<'_> {
                 let frac = v as f64 / row_total as f64;
                 let shade = (255.0 * (1.0 - 0.85 * frac)) as u8;
                 let cell = [(SegmentValue::Exact(p), SegmentValue::Exact(y)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1))];
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(cell, RGBColor(shade, shade, 255).filled())))
-                    .map_err(|e| anyhow!("{e}"))?;
+                chart.draw_series(std::iter::once(Rectangle::new(cell, RGBColor(shade, shade, 255).filled()))).map_err(|e| anyhow!("{e}"))?;
                 let color = if frac > 0.5 { WHITE } else { BLACK };
                 let style = ("sans-serif", 18).into_font().color(&color).pos(Pos::new(HPos::Center, VPos::Center));
                 chart
-                    .draw_series(std::iter::once(Text::new(
-                        v.to_string(),
-                        (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)),
-                        style,
-                    )))
+                    .draw_series(std::iter::once(Text::new(v.to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)), style)))
                     .map_err(|e| anyhow!("{e}"))?;
             }
         }

@@ -29,18 +29,12 @@ impl Bars {
 
 impl Observer for Bars {
     fn begin(&self, phase: &str, total: u64) {
-        let bar = if self.quiet {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
-        } else {
-            ProgressBar::new(total)
-        };
+        let bar = if self.quiet { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden()) } else { ProgressBar::new(total) };
         let unit = if phase == "train" { "steps" } else { "images" };
         bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}"
-            ))
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(&format!("{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}"))
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_prefix(phase.to_string());
         *self.bar.lock().unwrap() = Some(bar);

@@ -2,7 +2,7 @@
 
 use alexnet_core::data::{Preprocess, SplitConfig};
 use alexnet_core::{AlexNetSpec, FreezePolicy, WeightSet};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -101,7 +101,13 @@ impl RunDir {
             bail!("{}: the model has {} outputs but {INFO} lists {} classes", path.display(), spec.num_classes, info.classes.len());
         }
         if spec.crop_size != info.preprocess.crop as usize {
-            bail!("{}: the model was built for {}×{} crops but {INFO} says crop {}", path.display(), spec.crop_size, spec.crop_size, info.preprocess.crop);
+            bail!(
+                "{}: the model was built for {}×{} crops but {INFO} says crop {}",
+                path.display(),
+                spec.crop_size,
+                spec.crop_size,
+                info.preprocess.crop
+            );
         }
         Ok(w)
     }

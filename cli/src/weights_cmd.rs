@@ -2,7 +2,7 @@
 
 use alexnet_core::weights::{read_weight_file, write_safetensors};
 use alexnet_core::{AlexNetSpec, LayerId};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;

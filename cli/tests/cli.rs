@@ -16,7 +16,25 @@ fn train_eval_predict_contract() {
     let w = pretrained_weights();
     let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
     let out = alexnet(
-        &["--backend", "candle", "train", "--data", d, "--finetune", "fc6", "--out", r, "--weights", wp, "--steps", "3", "--batch-size", "8", "--cache-views", "1"],
+        &[
+            "--backend",
+            "candle",
+            "train",
+            "--data",
+            d,
+            "--finetune",
+            "fc6",
+            "--out",
+            r,
+            "--weights",
+            wp,
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--cache-views",
+            "1",
+        ],
         tmp.path(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -76,8 +94,27 @@ fn experiment_compares_depths_and_backends() {
     let w = pretrained_weights();
     let (d, o, wp) = (data.to_str().unwrap(), out_dir.to_str().unwrap(), w.to_str().unwrap());
     let args = [
-        "--backend", "all", "experiment", "--data", d, "--weights", wp, "--policies", "fc6,conv5", "--steps", "4",
-        "--eval-every", "2", "--no-cache-steps", "2", "--batch-size", "6", "--cache-views", "1", "--out", o,
+        "--backend",
+        "all",
+        "experiment",
+        "--data",
+        d,
+        "--weights",
+        wp,
+        "--policies",
+        "fc6,conv5",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--no-cache-steps",
+        "2",
+        "--batch-size",
+        "6",
+        "--cache-views",
+        "1",
+        "--out",
+        o,
     ];
     let out = alexnet(&args, tmp.path());
     let stdout = String::from_utf8_lossy(&out.stdout);

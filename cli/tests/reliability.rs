@@ -128,8 +128,16 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         case(argv(&["train", "--data", "notes.txt", "--out", "out"]), 1, &["notes.txt", "is not a folder"]),
         case(argv(&["train", "--data", "one-class", "--out", "out"]), 1, &["one-class", "found 1 class folder(s)", "at least two"]),
         case(argv(&["train", "--data", "with-empty", "--out", "out"]), 1, &["with-empty/empty", "no images"]),
-        case(argv(&["train", "--data", "data", "--weights", "missing.safetensors", "--out", "out"]), 1, &["--weights missing.safetensors", "no such file"]),
-        case(argv(&["train", "--data", "data", "--weights", "junk.safetensors", "--out", "out"]), 1, &["junk.safetensors", "not a valid safetensors file"]),
+        case(
+            argv(&["train", "--data", "data", "--weights", "missing.safetensors", "--out", "out"]),
+            1,
+            &["--weights missing.safetensors", "no such file"],
+        ),
+        case(
+            argv(&["train", "--data", "data", "--weights", "junk.safetensors", "--out", "out"]),
+            1,
+            &["junk.safetensors", "not a valid safetensors file"],
+        ),
         case(argv(&["train", "--data", "data", "--no-pretrained", "--out", "notes.txt"]), 1, &["--out notes.txt", "not a folder"]),
         case(argv(&["eval", "--model", "no-run", "--data", "data"]), 1, &["--model no-run", "no such run folder"]),
         case(argv(&["eval", "--model", "run-no-json", "--data", "data"]), 1, &["run-no-json/model.json", "missing"]),
@@ -167,7 +175,9 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         assert!(!t.join("out").exists() && !t.join("runs").exists(), "{shown}: made an output folder");
         assert!(out.stdout.is_empty(), "{shown}: {}", String::from_utf8_lossy(&out.stdout));
         // In the table "…" stands for the options that would let a job start real work.
-        let short = shown.replace(" --data data --no-pretrained --allow-random-frozen --out out", " …").replace(" --data data --no-pretrained --allow-random-frozen", " …");
+        let short = shown
+            .replace(" --data data --no-pretrained --allow-random-frozen --out out", " …")
+            .replace(" --data data --no-pretrained --allow-random-frozen", " …");
         writeln!(table, "| `{}` | {} | {} |", short.replace('|', "\\|"), error.replace('|', "\\|"), c.status).unwrap();
     }
     assert!(cases.len() >= 50, "{} cases", cases.len());

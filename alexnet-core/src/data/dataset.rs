@@ -67,10 +67,7 @@ impl Dataset {
                 if file_name.starts_with('.') || p.is_dir() {
                     continue;
                 }
-                let is_image = p
-                    .extension()
-                    .map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
-                    .unwrap_or(false);
+                let is_image = p.extension().map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str())).unwrap_or(false);
                 if !is_image {
                     skipped += 1;
                     warnings.push(format!("skipping {}: not a .jpg/.jpeg/.png file", p.display()));
@@ -82,15 +79,11 @@ impl Dataset {
             if count == 0 {
                 return Err(Error::Dataset {
                     path: dir.clone(),
-                    msg: format!(
-                        "class folder has no images ({skipped} other files); add .jpg/.png images or remove the folder"
-                    ),
+                    msg: format!("class folder has no images ({skipped} other files); add .jpg/.png images or remove the folder"),
                 });
             }
             if count < FEW_IMAGES {
-                warnings.push(format!(
-                    "class {name:?} has only {count} images (fewer than {FEW_IMAGES}); its accuracy will be unreliable"
-                ));
+                warnings.push(format!("class {name:?} has only {count} images (fewer than {FEW_IMAGES}); its accuracy will be unreliable"));
             }
             classes.push(name);
         }
@@ -108,10 +101,8 @@ impl Dataset {
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
-        .collect::<Result<_>>()?;
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e))).collect::<Result<_>>()?;
     v.sort();
     Ok(v)
 }

@@ -1,6 +1,6 @@
 //! Parallel decoding with prefetch, so the backend never waits on JPEG decoding.
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{Receiver, bounded};
 use rayon::prelude::*;
 use std::thread::JoinHandle;
 

@@ -1,8 +1,8 @@
 //! Decode → resize shorter side → crop → (flip) → ImageNet normalisation, as torchvision does.
 
 use crate::{Error, Result};
-use image::imageops::FilterType;
 use image::RgbImage;
+use image::imageops::FilterType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -57,10 +57,7 @@ impl Preprocess {
             )));
         }
         if !(self.mean.iter().all(|m| m.is_finite()) && self.std.iter().all(|s| s.is_finite() && *s > 0.0)) {
-            return Err(Error::Config(format!(
-                "normalisation mean {:?} and std {:?} must be finite, with every std > 0",
-                self.mean, self.std
-            )));
+            return Err(Error::Config(format!("normalisation mean {:?} and std {:?} must be finite, with every std > 0", self.mean, self.std)));
         }
         Ok(())
     }
@@ -74,9 +71,7 @@ impl Preprocess {
     pub fn load(&self, path: &Path) -> Result<DecodedImage> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let content_hash = xxhash_rust::xxh3::xxh3_128(&bytes);
-        let img = image::load_from_memory(&bytes)
-            .map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?
-            .to_rgb8();
+        let img = image::load_from_memory(&bytes).map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?.to_rgb8();
         let (w, h) = img.dimensions();
         if w.min(h) == 0 {
             return Err(Error::Image { path: path.to_path_buf(), msg: "image has no pixels".into() });

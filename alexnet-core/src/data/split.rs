@@ -70,9 +70,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn samples(n: usize, offset: usize) -> Vec<Sample> {
-        (offset..offset + n)
-            .map(|i| Sample { path: PathBuf::from(format!("c/{i}.jpg")), rel: format!("c/{i}.jpg"), label: 0 })
-            .collect()
+        (offset..offset + n).map(|i| Sample { path: PathBuf::from(format!("c/{i}.jpg")), rel: format!("c/{i}.jpg"), label: 0 }).collect()
     }
 
     #[test]
@@ -97,8 +95,7 @@ mod tests {
         let old_rels: std::collections::HashSet<&str> = s.iter().map(|x| x.rel.as_str()).collect();
         for split in [Split::Train, Split::Val, Split::Test] {
             let old: Vec<&str> = cfg.indices(&s, split).into_iter().map(|i| s[i].rel.as_str()).collect();
-            let kept: Vec<&str> =
-                cfg.indices(&more, split).into_iter().map(|i| more[i].rel.as_str()).filter(|r| old_rels.contains(r)).collect();
+            let kept: Vec<&str> = cfg.indices(&more, split).into_iter().map(|i| more[i].rel.as_str()).filter(|r| old_rels.contains(r)).collect();
             assert_eq!(kept, old, "{split:?}");
         }
         // The assignment is the hash of the relative path, pinned: changing it would move images

@@ -71,6 +71,8 @@ impl Preprocess {
     pub fn load(&self, path: &Path) -> Result<DecodedImage> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let content_hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+        // Empty, not an image, or truncated (the JPEG decoder would fill the rest with grey).
+        crate::data::check::check_bytes(&bytes).map_err(|msg| Error::Image { path: path.to_path_buf(), msg })?;
         let img = image::load_from_memory(&bytes).map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?.to_rgb8();
         let (w, h) = img.dimensions();
         if w.min(h) == 0 {
@@ -190,5 +192,13 @@ mod tests {
         std::fs::write(&p, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
         let e = Preprocess::default().load(&p).unwrap_err().to_string();
         assert!(e.contains("broken.jpg") && e.contains("cannot decode"), "{e}");
+        // A truncated JPEG is refused too, not decoded as a partly grey picture.
+        let full = d.path().join("full.jpg");
+        gradient(300, 200).save(&full).unwrap();
+        Preprocess::default().load(&full).unwrap();
+        let bytes = std::fs::read(&full).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let e = Preprocess::default().load(&p).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg") && e.contains("truncated JPEG"), "{e}");
     }
 }

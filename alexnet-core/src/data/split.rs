@@ -62,6 +62,24 @@ impl SplitConfig {
     pub fn indices(&self, samples: &[Sample], split: Split) -> Vec<usize> {
         samples.iter().enumerate().filter(|(_, s)| self.assign(&s.rel) == split).map(|(i, _)| i).collect()
     }
+
+    /// The split of every sample, keeping byte-identical files together: a group of files with
+    /// the same content hash goes where the smallest relative path of the group goes, so no image
+    /// is both trained on and tested. A file without duplicates goes by its own path, as
+    /// [`SplitConfig::assign`]; adding photos moves no old one, except an old file that gains an
+    /// identical copy with a smaller path. `hashes[i]` is `None` for files not hashed (bad).
+    pub fn assign_samples(&self, samples: &[Sample], hashes: &[Option<u128>]) -> Vec<Split> {
+        let mut key: std::collections::HashMap<u128, &str> = std::collections::HashMap::new();
+        for (s, h) in samples.iter().zip(hashes) {
+            if let Some(h) = h {
+                let k = key.entry(*h).or_insert(&s.rel);
+                if s.rel.as_str() < *k {
+                    *k = &s.rel;
+                }
+            }
+        }
+        samples.iter().zip(hashes).map(|(s, h)| self.assign(h.map_or(&s.rel, |h| key[&h]))).collect()
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +126,37 @@ mod tests {
         let wider = SplitConfig { val_percent: 10.0, test_percent: 20.0 };
         let wider_test = wider.indices(&s, Split::Test);
         assert!(test.iter().all(|i| wider_test.contains(i)) && wider_test.len() > test.len());
+    }
+
+    #[test]
+    fn identical_files_share_a_split_and_unique_ones_keep_theirs() {
+        let cfg = SplitConfig::default();
+        let s = samples(400, 0);
+        // No duplicates: exactly the per-path split.
+        let unique: Vec<Option<u128>> = (0..400).map(|i| Some(i as u128)).collect();
+        let by_path: Vec<Split> = s.iter().map(|x| cfg.assign(&x.rel)).collect();
+        assert_eq!(cfg.assign_samples(&s, &unique), by_path);
+        // Every 10th file is a copy of file 0 (hash 0): all of them follow c/0.jpg, the smallest
+        // path of the group; files with no hash (bad) go by their path.
+        let mut hashes = unique.clone();
+        for i in (10..400).step_by(10) {
+            hashes[i] = Some(0);
+        }
+        hashes[7] = None;
+        let got = cfg.assign_samples(&s, &hashes);
+        for i in 0..400 {
+            let want = if i % 10 == 0 { by_path[0] } else { by_path[i] };
+            assert_eq!(got[i], want, "{i}");
+        }
+        // The copies do not all share c/0.jpg's split by chance.
+        assert!((10..400).step_by(10).any(|i| by_path[i] != by_path[0]));
+        // Order of the samples does not matter: the key is the smallest path, not the first seen.
+        let (mut rs, mut rh) = (s.clone(), hashes.clone());
+        rs.reverse();
+        rh.reverse();
+        let mut back = cfg.assign_samples(&rs, &rh);
+        back.reverse();
+        assert_eq!(back, got);
     }
 
     use Split::{Test as Te, Train as Tr, Val as Va};

@@ -15,6 +15,13 @@ pub enum Error {
     Dataset { path: PathBuf, msg: String },
     #[error("cannot decode image {path}: {msg} (remove or replace the file; it is skipped only with --skip-bad-images)")]
     Image { path: PathBuf, msg: String },
+    /// Every unusable image of a data folder at once, each with its reason.
+    #[error(
+        "{} image file(s) cannot be used:\n{}\nremove or replace them, or pass --skip-bad-images to leave them out (they are then listed in the report)",
+        .0.len(),
+        .0.iter().map(|(p, r)| format!("  {}: {r}", p.display())).collect::<Vec<_>>().join("\n")
+    )]
+    BadImages(Vec<(PathBuf, String)>),
     #[error("weights file {path}: {msg}")]
     Weights { path: PathBuf, msg: String },
     #[error("weights: {0}")]

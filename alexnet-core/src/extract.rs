@@ -2,25 +2,25 @@
 
 use crate::backend::Model;
 use crate::cache::FeatureCache;
+use crate::data::check::BadFile;
 use crate::data::{Prefetcher, Preprocess, Sample};
 use crate::observer::Observer;
 use crate::tensor::HostTensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// What [`fill_cache`] did.
 #[derive(Debug, Clone, Default)]
 pub struct FillOutcome {
-    /// Content hash of each sample, `None` for a file skipped as undecodable.
-    pub hashes: Vec<Option<u128>>,
     /// Images decoded and run through the prefix.
     pub extracted_images: usize,
     /// Views computed.
     pub extracted_views: usize,
     pub seconds: f64,
-    /// Skipped files, with the reason.
-    pub skipped: Vec<String>,
+    /// Files that could not be decoded, with the reason; nothing of them is cached.
+    pub bad: Vec<BadFile>,
 }
 
 /// Hashes every sample's bytes (in parallel), as the cache keys images by content.
@@ -28,31 +28,53 @@ pub fn content_hashes(samples: &[Sample]) -> Result<Vec<u128>> {
     samples.par_iter().map(|s| std::fs::read(&s.path).map(|b| xxhash_rust::xxh3::xxh3_128(&b)).map_err(|e| Error::io(&s.path, e))).collect()
 }
 
+/// Why a file failed, without the path or advice (the caller lists it by path).
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Image { msg, .. } => msg.clone(),
+        Error::Io { source, .. } => format!("cannot read: {source}"),
+        e => e.to_string(),
+    }
+}
+
 /// Makes sure views `0..views[i]` of every sample `i` are cached, computing the missing ones
-/// with `model`'s frozen prefix in batches of about `batch` crops. Undecodable files are an error
-/// naming the file, or, with `skip_bad`, skipped and listed.
+/// with `model`'s frozen prefix in batches of about `batch` crops. `hashes[i]` is sample `i`'s
+/// content hash ([`crate::data::check_files`]); `None` leaves it out. Byte-identical files are
+/// computed once. A file that fails to decode does not stop the fill: every one is collected in
+/// [`FillOutcome::bad`] and the caller decides; finished chunks are on disk either way.
 #[allow(clippy::too_many_arguments)]
 pub fn fill_cache(
     model: &mut dyn Model,
     cache: &mut FeatureCache,
     samples: &[Sample],
+    hashes: &[Option<u128>],
     views: &[u32],
     pre: &Preprocess,
     batch: usize,
-    skip_bad: bool,
     obs: &dyn Observer,
 ) -> Result<FillOutcome> {
     let start = Instant::now();
-    let hashes = content_hashes(samples)?;
-    let mut out = FillOutcome { hashes: hashes.iter().copied().map(Some).collect(), ..Default::default() };
-    let todo: Vec<(usize, std::path::PathBuf, u128, Vec<u32>)> = samples
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let missing: Vec<u32> = (0..views[i]).filter(|v| cache.get(hashes[i], *v).is_none()).collect();
-            (!missing.is_empty()).then(|| (i, s.path.clone(), hashes[i], missing))
-        })
-        .collect();
+    let mut out = FillOutcome::default();
+    // (sample indices sharing the content, path, hash, missing views)
+    let mut todo: Vec<(Vec<usize>, std::path::PathBuf, u128, Vec<u32>)> = Vec::new();
+    let mut by_hash: HashMap<u128, usize> = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let Some(h) = hashes[i] else { continue };
+        let missing: Vec<u32> = (0..views[i]).filter(|v| cache.get(h, *v).is_none()).collect();
+        match by_hash.get(&h) {
+            Some(&t) => {
+                todo[t].0.push(i);
+                if missing.len() > todo[t].3.len() {
+                    todo[t].3 = missing;
+                }
+            }
+            None => {
+                by_hash.insert(h, todo.len());
+                todo.push((vec![i], s.path.clone(), h, missing));
+            }
+        }
+    }
+    todo.retain(|t| !t.3.is_empty());
     if todo.is_empty() {
         return Ok(out);
     }
@@ -60,28 +82,26 @@ pub fn fill_cache(
     let max_views = todo.iter().map(|t| t.3.len()).max().unwrap_or(1);
     let images_per_batch = (batch / max_views).max(1);
     let (pre_c, key) = (*pre, cache.key().clone());
-    let loader = Prefetcher::new(todo, images_per_batch, 2, move |(i, path, hash, missing)| {
+    let loader = Prefetcher::new(todo, images_per_batch, 2, move |(ix, path, hash, missing)| {
         let views: Vec<_> = missing.iter().map(|v| key.view(*hash, *v)).collect();
         let r = pre_c.views(path, &views).map(|(_, crops)| crops);
-        (*i, *hash, missing.clone(), r)
+        (ix.clone(), *hash, missing.clone(), r)
     });
     let item_shape = [3, pre.crop as usize, pre.crop as usize];
     for batch in loader {
         let mut rows: Vec<Vec<f32>> = Vec::new();
         let mut ids: Vec<(u128, u32)> = Vec::new();
         let n_images = batch.len();
-        for (i, hash, missing, r) in batch {
+        for (ix, hash, missing, r) in batch {
             match r {
                 Ok(crops) => {
                     ids.extend(missing.iter().map(|v| (hash, *v)));
                     rows.extend(crops);
                 }
-                Err(e) if skip_bad => {
-                    obs.message(&format!("skipping: {e}"));
-                    out.skipped.push(e.to_string());
-                    out.hashes[i] = None;
+                Err(e) => {
+                    let why = reason(&e);
+                    out.bad.extend(ix.iter().map(|i| BadFile { index: *i, path: samples[*i].path.clone(), reason: why.clone() }));
                 }
-                Err(e) => return Err(e),
             }
         }
         out.extracted_views += rows.len();
@@ -97,6 +117,7 @@ pub fn fill_cache(
     }
     cache.flush()?;
     obs.end();
+    out.bad.sort_by_key(|b| b.index);
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
 }

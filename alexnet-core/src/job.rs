@@ -4,10 +4,10 @@
 use crate::arch::AlexNetSpec;
 use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
-use crate::data::{Dataset, Preprocess, Split, SplitConfig};
+use crate::data::{Dataset, Duplicates, OnConflict, Preprocess, Split, SplitConfig, check_files};
 use crate::extract::{FillOutcome, fill_cache};
 use crate::observer::Observer;
-use crate::report::{CacheSummary, DataSummary, RunReport, Timings};
+use crate::report::{CacheSummary, DataSummary, DuplicateSummary, RunReport, SkippedFile, Timings};
 use crate::train::{Inputs, TrainConfig, evaluate, train};
 use crate::weights::WeightSet;
 use crate::{Error, Result};
@@ -48,7 +48,12 @@ pub struct JobConfig {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub cache: CacheConfig,
+    /// Leave out unusable images (empty, not an image, truncated, undecodable), listing them,
+    /// instead of stopping with the list.
     pub skip_bad_images: bool,
+    /// An image filed under two or more classes (byte-identical copies): skip every copy or keep.
+    #[serde(default)]
+    pub on_conflict: OnConflict,
     /// Crops per frozen-prefix forward during extraction.
     pub extract_batch: usize,
 }
@@ -67,6 +72,7 @@ impl JobConfig {
             train: TrainConfig::default(),
             cache: CacheConfig::default(),
             skip_bad_images: false,
+            on_conflict: OnConflict::Skip,
             extract_batch: 64,
         }
     }
@@ -106,6 +112,10 @@ pub struct Prepared {
 }
 
 /// Scans and splits the data, loads the weights, builds the model and fills the feature cache.
+/// Every file is read once first (content hash; empty, non-image and truncated files; without the
+/// cache also a full decode), extraction collects its decoding failures, and all unusable files
+/// are then listed in one error, or left out with `skip_bad_images`. Byte-identical files share
+/// a split; copies under different classes are left out or kept (`on_conflict`), with a warning.
 pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<Prepared> {
     cfg.validate()?;
     let dataset = Dataset::scan(&cfg.data)?;
@@ -121,56 +131,126 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     obs.message(&provenance(&weights));
     let policy = cfg.model.policy;
     policy.validate(&weights, cfg.allow_random_frozen)?;
+    let cached = cfg.cache.enabled && policy.has_frozen_prefix();
+
+    let samples = &dataset.samples;
+    let check = check_files(samples, !cached);
+    let dups = Duplicates::find(&check.hashes);
+    let splits = cfg.split.assign_samples(samples, &check.hashes);
+    // What is used: `Some(content hash)`; bad and left-out files are `None`.
+    let mut used = check.hashes.clone();
+    let mut warnings = dataset.warnings.clone();
+    let mut skipped = vec![];
+    let conflicts: Vec<&Vec<usize>> = dups.conflicts(samples).collect();
+    if !conflicts.is_empty() {
+        let list: Vec<String> = conflicts.iter().map(|g| g.iter().map(|i| samples[*i].rel.as_str()).collect::<Vec<_>>().join(" = ")).collect();
+        let w = match cfg.on_conflict {
+            OnConflict::Skip => format!(
+                "{} image(s) filed under more than one class (byte-identical files); every copy is left out (--on-conflict keep keeps them): {}",
+                conflicts.len(),
+                list.join("; ")
+            ),
+            OnConflict::Keep => format!(
+                "{} image(s) filed under more than one class (byte-identical files); every labelled copy is kept, in one split: {}",
+                conflicts.len(),
+                list.join("; ")
+            ),
+        };
+        obs.message(&format!("warning: {w}"));
+        warnings.push(w);
+        if cfg.on_conflict == OnConflict::Skip {
+            for g in &conflicts {
+                for i in g.iter() {
+                    used[*i] = None;
+                    let others: Vec<&str> = g.iter().filter(|j| *j != i).map(|j| samples[*j].rel.as_str()).collect();
+                    let reason = format!("identical to {} under another class; every copy left out", others.join(", "));
+                    skipped.push(SkippedFile { path: samples[*i].path.display().to_string(), reason });
+                }
+            }
+        }
+    }
+    let duplicates = DuplicateSummary {
+        groups: dups.groups.len(),
+        files: dups.files(),
+        class_conflicts: conflicts.iter().map(|g| g.iter().map(|i| samples[*i].rel.clone()).collect()).collect(),
+        on_conflict: cfg.on_conflict,
+    };
     let mut model = backend.build(&weights, &cfg.model)?;
 
-    let idx = |s| cfg.split.indices(&dataset.samples, s);
+    let mut bad = check.bad.clone();
+    let views_wanted = cfg.cache.views;
+    let mut filled = None;
+    if cached {
+        let key = CacheKey {
+            format: CacheKey::FORMAT,
+            weights_hash: weights.content_hash(&policy.frozen()),
+            cut: policy.cut_name().to_string(),
+            feature_shape: spec.input_shape(policy.first_trainable()),
+            preprocess: cfg.preprocess,
+            view_seed: cfg.cache.view_seed,
+            dtype: cfg.cache.dtype,
+        };
+        let mut cache = FeatureCache::open(&cfg.cache.root, key)?;
+        for d in &cache.stats.discarded_chunks {
+            obs.message(&format!("feature cache: discarded damaged chunk, rebuilding its entries: {d}"));
+        }
+        let views: Vec<u32> = splits.iter().map(|s| if *s == Split::Train { views_wanted } else { 1 }).collect();
+        let fill = fill_cache(model.as_mut(), &mut cache, samples, &used, &views, &cfg.preprocess, cfg.extract_batch, obs)?;
+        bad.extend(fill.bad.iter().cloned());
+        bad.sort_by_key(|b| b.index);
+        filled = Some((cache, views, fill));
+    }
+    if !bad.is_empty() {
+        if !cfg.skip_bad_images {
+            return Err(Error::BadImages(bad.into_iter().map(|b| (b.path, b.reason)).collect()));
+        }
+        let list: Vec<String> = bad.iter().map(|b| format!("  {}: {}", b.path.display(), b.reason)).collect();
+        obs.message(&format!("skipping {} unusable image file(s):\n{}", bad.len(), list.join("\n")));
+        for b in bad {
+            used[b.index] = None;
+            skipped.push(SkippedFile { path: b.path.display().to_string(), reason: b.reason });
+        }
+    }
+
+    let idx = |sp| (0..samples.len()).filter(|i| used[*i].is_some() && splits[*i] == sp).collect::<Vec<usize>>();
     let (tr, va, te) = (idx(Split::Train), idx(Split::Val), idx(Split::Test));
-    let mut data = DataSummary {
+    let mut class_counts = vec![0; dataset.classes.len()];
+    for i in tr.iter().chain(&va).chain(&te) {
+        class_counts[samples[*i].label] += 1;
+    }
+    let data = DataSummary {
         root: dataset.root.display().to_string(),
         classes: dataset.classes.clone(),
-        class_counts: dataset.class_counts(),
+        class_counts,
         train: tr.len(),
         val: va.len(),
         test: te.len(),
-        warnings: dataset.warnings.clone(),
-        skipped: vec![],
+        warnings,
+        skipped,
+        duplicates,
+        check_seconds: check.seconds,
+        check_decoded: check.decoded,
     };
-    let label = |i: &usize| dataset.samples[*i].label as u32;
+    let label = |i: &usize| samples[*i].label as u32;
 
-    if !(cfg.cache.enabled && policy.has_frozen_prefix()) {
+    let Some((cache, views, fill)) = filled else {
         let images = |ix: &[usize]| Inputs::Images {
             pre: cfg.preprocess,
-            paths: ix.iter().map(|i| dataset.samples[*i].path.clone()).collect(),
+            paths: ix.iter().map(|i| samples[*i].path.clone()).collect(),
             labels: ix.iter().map(label).collect(),
         };
         let (train, val, test) = (images(&tr), images(&va), images(&te));
         return Ok(Prepared { dataset, weights, model, train, val, test, cache: None, fill: None, data });
-    }
-
-    let key = CacheKey {
-        format: CacheKey::FORMAT,
-        weights_hash: weights.content_hash(&policy.frozen()),
-        cut: policy.cut_name().to_string(),
-        feature_shape: spec.input_shape(policy.first_trainable()),
-        preprocess: cfg.preprocess,
-        view_seed: cfg.cache.view_seed,
-        dtype: cfg.cache.dtype,
     };
-    let mut cache = FeatureCache::open(&cfg.cache.root, key)?;
-    for d in &cache.stats.discarded_chunks {
-        obs.message(&format!("feature cache: discarded damaged chunk, rebuilding its entries: {d}"));
-    }
-    let views_wanted = cfg.cache.views;
-    let mut views = vec![1u32; dataset.samples.len()];
-    for i in &tr {
-        views[*i] = views_wanted;
-    }
-    let fill = fill_cache(model.as_mut(), &mut cache, &dataset.samples, &views, &cfg.preprocess, cfg.extract_batch, cfg.skip_bad_images, obs)?;
-    data.skipped = fill.skipped.clone();
     let cached = |ix: &[usize]| {
-        let kept: Vec<(usize, u128)> = ix.iter().filter_map(|i| fill.hashes[*i].map(|h| (*i, h))).collect();
-        let views = kept.iter().map(|(i, h)| (0..views[*i]).map(|v| cache.get(*h, v).cloned().expect("filled")).collect()).collect();
-        Inputs::Cached { feature_shape: cache.key().feature_shape.clone(), views, labels: kept.iter().map(|(i, _)| label(i)).collect() }
+        let views = ix
+            .iter()
+            .map(|i| {
+                let h = used[*i].expect("used");
+                (0..views[*i]).map(|v| cache.get(h, v).cloned().expect("filled")).collect()
+            })
+            .collect();
+        Inputs::Cached { feature_shape: cache.key().feature_shape.clone(), views, labels: ix.iter().map(label).collect() }
     };
     let (train, val, test) = (cached(&tr), cached(&va), cached(&te));
     let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);

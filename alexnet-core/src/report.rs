@@ -51,8 +51,37 @@ pub struct DataSummary {
     pub val: usize,
     pub test: usize,
     pub warnings: Vec<String>,
-    /// Files that could not be decoded and were skipped (`--skip-bad-images`).
-    pub skipped: Vec<String>,
+    /// Files left out as unusable (`--skip-bad-images`), with the reason.
+    pub skipped: Vec<SkippedFile>,
+    /// Byte-identical files found (kept together in one split) and class conflicts among them.
+    #[serde(default)]
+    pub duplicates: DuplicateSummary,
+    /// Seconds spent reading, hashing and checking every file before training.
+    #[serde(default)]
+    pub check_seconds: f64,
+    /// Whether that check fully decoded every file (without the cache; with it, extraction does).
+    #[serde(default)]
+    pub check_decoded: bool,
+}
+
+/// A file left out of a run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Byte-identical images in the data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateSummary {
+    /// Groups of two or more identical files.
+    pub groups: usize,
+    /// Files in those groups (every copy).
+    pub files: usize,
+    /// Groups whose copies are filed under more than one class: relative paths of each.
+    pub class_conflicts: Vec<Vec<String>>,
+    /// What was done with them: `skip` (every copy left out) or `keep`.
+    pub on_conflict: crate::data::OnConflict,
 }
 
 /// Everything about one training run.

@@ -3,12 +3,14 @@
 //! (weights, crop) or damages the cache triggers re-extraction.
 
 use alexnet_core::conformance::{flower_subset, pretrained_weights};
-use alexnet_core::job::{JobConfig, run};
+use alexnet_core::data::OnConflict;
+use alexnet_core::job::{JobConfig, prepare, run};
 use alexnet_core::observer::Silent;
+use alexnet_core::train::Inputs;
 use alexnet_core::train::LrSchedule;
 use alexnet_core::{FreezePolicy, WeightSet};
 use backend_candle::CandleBackend;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const PER_CLASS: usize = 10;
 
@@ -135,7 +137,7 @@ fn bad_inputs_fail_clearly_or_are_skipped() {
     let (r, _) = run(&backend, &cfg, &Silent).unwrap();
     assert!(r.cache.as_ref().unwrap().loaded_entries > 0, "features extracted before the error were lost");
     assert_eq!(r.data.skipped.len(), 1);
-    assert!(r.data.skipped[0].contains("zz-broken.jpg"));
+    assert!(r.data.skipped[0].path.ends_with("zz-broken.jpg"), "{:?}", r.data.skipped);
 
     let wrong = tmp.path().join("wrong.safetensors");
     std::fs::write(&wrong, b"not weights").unwrap();
@@ -152,4 +154,136 @@ fn bad_inputs_fail_clearly_or_are_skipped() {
     std::fs::remove_dir(data.join("empty")).unwrap();
     let err = run(&backend, &cfg, &Silent).err().unwrap().to_string();
     assert!(err.contains("no pretrained weights"), "{err}");
+}
+
+/// The first photo (sorted) of a class folder of the subset (a symlink into flower_photos).
+fn first_photo(data: &Path, class: &str) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v.remove(0)
+}
+
+/// Adds four bad files to the subset: empty, text named .jpg, the first half of a real photo,
+/// and a real photo whose frame header says height 0 (well-formed, but no decoder takes it).
+fn add_bad_files(data: &Path) -> Vec<PathBuf> {
+    let photo = std::fs::read(first_photo(data, "tulips")).unwrap();
+    let mut undecodable = std::fs::read(first_photo(data, "dandelion")).unwrap();
+    // The last SOF marker is the main image's (FF never precedes C0/C2 in entropy-coded data).
+    let sof = undecodable.windows(2).rposition(|w| w[0] == 0xFF && (w[1] == 0xC0 || w[1] == 0xC2)).unwrap();
+    undecodable[sof + 5..sof + 7].copy_from_slice(&[0, 0]);
+    let bad: Vec<(PathBuf, Vec<u8>)> = vec![
+        (data.join("roses/zz-empty.jpg"), vec![]),
+        (data.join("daisy/zz-text.jpg"), b"this is a text file, not a photo\n".to_vec()),
+        (data.join("tulips/zz-truncated.jpg"), photo[..photo.len() / 2].to_vec()),
+        (data.join("sunflowers/zz-undecodable.jpg"), undecodable),
+    ];
+    for (p, bytes) in &bad {
+        std::fs::write(p, bytes).unwrap();
+    }
+    bad.into_iter().map(|(p, _)| p).collect()
+}
+
+#[test]
+fn every_bad_image_is_listed_at_once_or_skipped_on_every_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), PER_CLASS);
+    let bad = add_bad_files(&data);
+    let weights = pretrained_weights();
+    let backend = CandleBackend::cpu();
+    let mut base = config(&data, &tmp.path().join("cache"), &weights);
+    base.train.max_steps = Some(1);
+    base.cache.views = 1;
+    let mut uncached = base.clone();
+    uncached.cache.enabled = false;
+    let mut all = base.clone();
+    all.model.policy = "all".parse().unwrap();
+    for (name, cfg) in [("cache", base), ("--no-cache", uncached), ("--finetune all", all)] {
+        // Without --skip-bad-images: one error naming every bad file, with its reason.
+        let err = run(&backend, &cfg, &Silent).err().unwrap().to_string();
+        for p in &bad {
+            assert!(err.contains(&p.display().to_string()), "{name}: {} missing from {err}", p.display());
+        }
+        for why in ["empty file", "not a JPEG or PNG", "truncated JPEG", "width or height is set to zero"] {
+            assert!(err.contains(why), "{name}: {why:?} missing from {err}");
+        }
+        assert!(err.starts_with("4 image file(s) cannot be used") && err.contains("--skip-bad-images"), "{name}: {err}");
+        // With it: all four left out, listed in the report with the reason, the rest trains.
+        let mut skip = cfg.clone();
+        skip.skip_bad_images = true;
+        let (r, _) = run(&backend, &skip, &Silent).unwrap();
+        let mut skipped: Vec<&str> = r.data.skipped.iter().map(|s| s.path.as_str()).collect();
+        skipped.sort();
+        let mut want: Vec<String> = bad.iter().map(|p| p.display().to_string()).collect();
+        want.sort();
+        assert_eq!(skipped, want, "{name}");
+        for s in &r.data.skipped {
+            assert!(!s.reason.is_empty() && !s.reason.contains("--skip-bad-images"), "{name}: {s:?}");
+        }
+        assert_eq!(r.data.train + r.data.val + r.data.test, 5 * PER_CLASS, "{name}");
+        assert_eq!(r.data.class_counts, vec![PER_CLASS; 5], "{name}");
+        assert_eq!(r.cache.is_some(), name == "cache", "{name}");
+        assert_eq!(r.data.check_decoded, name != "cache", "{name}");
+    }
+}
+
+/// The split (by name) of each path in a prepared job; uncached, so the inputs are image paths.
+fn splits_of(p: &alexnet_core::job::Prepared) -> Vec<(&'static str, PathBuf, u32)> {
+    let mut out = vec![];
+    for (name, inputs) in [("train", &p.train), ("val", &p.val), ("test", &p.test)] {
+        let Inputs::Images { paths, labels, .. } = inputs else { panic!("cached inputs") };
+        out.extend(paths.iter().zip(labels).map(|(p, l)| (name, p.clone(), *l)));
+    }
+    out
+}
+
+#[test]
+fn identical_photos_share_a_split_and_cross_class_copies_are_skipped_or_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), PER_CLASS);
+    let weights = pretrained_weights();
+    let backend = CandleBackend::cpu();
+    let mut cfg = config(&data, &tmp.path().join("cache"), &weights);
+    cfg.cache.enabled = false;
+    let split = cfg.split;
+    // A copy of a daisy photo under daisy, named so that its own path would put it in another
+    // split than the original: the copies must still land together.
+    let orig = first_photo(&data, "daisy");
+    let orig_rel = format!("daisy/{}", orig.file_name().unwrap().to_str().unwrap());
+    let name = (0..).map(|k| format!("zz-copy-{k}.jpg")).find(|n| split.assign(&format!("daisy/{n}")) != split.assign(&orig_rel)).unwrap();
+    let copy = data.join("daisy").join(&name);
+    std::fs::copy(&orig, &copy).unwrap();
+    // A dandelion photo filed under roses too.
+    let dand = first_photo(&data, "dandelion");
+    let cross = data.join("roses/zz-also-dandelion.jpg");
+    std::fs::copy(&dand, &cross).unwrap();
+
+    let p = prepare(&backend, &cfg, &Silent).unwrap();
+    let s = splits_of(&p);
+    let find = |path: &Path| s.iter().find(|(_, q, _)| q == path).map(|(n, _, l)| (*n, *l));
+    let (a, b) = (find(&orig).unwrap(), find(&copy).unwrap());
+    assert_eq!(a.0, b.0, "identical files in different splits");
+    assert_eq!(p.data.duplicates.groups, 2);
+    assert_eq!(p.data.duplicates.files, 4);
+    let conflict = vec![format!("dandelion/{}", dand.file_name().unwrap().to_str().unwrap()), "roses/zz-also-dandelion.jpg".into()];
+    assert_eq!(p.data.duplicates.class_conflicts, vec![conflict.clone()]);
+    // Default: both labelled copies left out, with a warning naming them, and reported.
+    assert_eq!(p.data.duplicates.on_conflict, OnConflict::Skip);
+    assert!(find(&dand).is_none() && find(&cross).is_none());
+    assert_eq!(s.len(), 5 * PER_CLASS + 2 - 2);
+    let w = p.data.warnings.iter().find(|w| w.contains("more than one class")).expect("a conflict warning");
+    assert!(w.contains(&conflict[0]) && w.contains(&conflict[1]), "{w}");
+    let skipped: Vec<&str> = p.data.skipped.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(skipped, vec![dand.display().to_string(), cross.display().to_string()]);
+
+    // --on-conflict keep: both copies, each with its folder's label, in one split.
+    cfg.on_conflict = OnConflict::Keep;
+    let p = prepare(&backend, &cfg, &Silent).unwrap();
+    let s = splits_of(&p);
+    let find = |path: &Path| s.iter().find(|(_, q, _)| q == path).map(|(n, _, l)| (*n, *l));
+    let (d, r) = (find(&dand).unwrap(), find(&cross).unwrap());
+    assert_eq!(d.0, r.0);
+    assert_eq!((d.1, r.1), (1, 2), "labels dandelion and roses");
+    assert!(p.data.skipped.is_empty());
+    assert_eq!(s.len(), 5 * PER_CLASS + 2);
+    assert_eq!(p.data.duplicates.class_conflicts, vec![conflict]);
 }

@@ -152,8 +152,8 @@ fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
             f.extracted_images as f64 / f.seconds
         );
     }
-    for s in &f.skipped {
-        println!("skipped: {s}");
+    for s in &p.data.skipped {
+        println!("skipped: {}: {}", s.path, s.reason);
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use alexnet_core::backend::{Optimizer, OptimizerConfig};
 use alexnet_core::cache::CacheDtype;
-use alexnet_core::data::{Preprocess, SplitConfig};
+use alexnet_core::data::{OnConflict, Preprocess, SplitConfig};
 use alexnet_core::job::{CacheConfig, JobConfig};
 use alexnet_core::train::{LrSchedule, TrainConfig};
 use alexnet_core::{AlexNetSpec, DeviceSpec, FreezePolicy, ModelConfig};
@@ -69,6 +69,13 @@ pub enum OptimizerArg {
     Adam,
 }
 
+/// `--on-conflict`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ConflictArg {
+    Skip,
+    Keep,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ScheduleArg {
     Cosine,
@@ -130,9 +137,14 @@ pub struct DataArgs {
     /// Store cached features as f16 (half the disk and memory).
     #[arg(long)]
     pub cache_f16: bool,
-    /// Skip undecodable images (listed in the report) instead of stopping.
+    /// Skip unusable images (empty, not an image, truncated, undecodable; listed in the report)
+    /// instead of stopping with the list of them.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// An image filed under two or more classes (byte-identical copies): skip every copy (with a
+    /// warning listing them) or keep each labelled copy.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub on_conflict: ConflictArg,
     /// Crops per forward pass while extracting features.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub extract_batch: usize,
@@ -303,6 +315,10 @@ impl DataArgs {
             view_seed: self.seed,
         };
         cfg.skip_bad_images = self.skip_bad_images;
+        cfg.on_conflict = match self.on_conflict {
+            ConflictArg::Skip => OnConflict::Skip,
+            ConflictArg::Keep => OnConflict::Keep,
+        };
         cfg.extract_batch = self.extract_batch;
         cfg
     }

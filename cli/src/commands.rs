@@ -189,7 +189,15 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
         SplitArg::Val => Split::Val,
         SplitArg::Test => Split::Test,
     });
-    let picked: Vec<_> = ds.samples.iter().filter(|s| split.is_none_or(|sp| info.split.assign(&s.rel) == sp)).collect();
+    // As training split it: byte-identical files together (by content hash).
+    let assigned = split.map(|_| info.split.assign_samples(&ds.samples, &alexnet_core::data::check_files(&ds.samples, false).hashes));
+    let picked: Vec<_> = ds
+        .samples
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| split.is_none_or(|sp| assigned.as_ref().is_some_and(|a| a[*i] == sp)))
+        .map(|(_, s)| s)
+        .collect();
     if picked.is_empty() {
         bail!("{}: no images to evaluate", args.data.display());
     }

@@ -93,21 +93,28 @@ pub struct FeatureCache {
     key: CacheKey,
     entries: HashMap<EntryId, Arc<[f32]>>,
     pending: Vec<(EntryId, Arc<[f32]>)>,
+    /// When the oldest pending entry was added.
+    pending_since: Option<std::time::Instant>,
     chunk_entries: usize,
     pub stats: CacheStats,
 }
+
+/// Pending entries reach disk at least this often, so a killed extraction loses at most a few
+/// seconds of work however large a chunk may grow.
+pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl FeatureCache {
     /// Opens (creating if needed) the cache for `key` under `root`, loading every valid chunk.
     pub fn open(root: &Path, key: CacheKey) -> Result<Self> {
         let dir = root.join(format!("{}-{}", key.cut, key.id()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let chunk_entries = (64 << 20) / (key.feature_len() * 4).max(1); // ~64 MiB per chunk
+        let chunk_entries = (8 << 20) / (key.feature_len() * 4).max(1); // ~8 MiB per chunk
         let mut cache = Self {
             dir,
             key,
             entries: HashMap::new(),
             pending: Vec::new(),
+            pending_since: None,
             chunk_entries: chunk_entries.clamp(16, 4096),
             stats: CacheStats::default(),
         };
@@ -158,7 +165,8 @@ impl FeatureCache {
         self.entries.get(&(content_hash, v))
     }
 
-    /// Adds an entry; it reaches disk with the next chunk (see [`FeatureCache::flush`]).
+    /// Adds an entry; it reaches disk with the next chunk ([`FeatureCache::flush_if_due`],
+    /// [`FeatureCache::flush`]).
     pub fn insert(&mut self, content_hash: u128, v: u32, features: Vec<f32>) -> Result<()> {
         if features.len() != self.key.feature_len() {
             return Err(Error::Cache {
@@ -174,10 +182,18 @@ impl FeatureCache {
         let features: Arc<[f32]> = features.into();
         self.entries.insert((content_hash, v), features.clone());
         self.pending.push(((content_hash, v), features));
-        if self.pending.len() >= self.chunk_entries {
-            self.flush()?;
-        }
+        self.pending_since.get_or_insert_with(std::time::Instant::now);
         Ok(())
+    }
+
+    /// Writes the pending entries as a chunk if a chunk's worth is pending or the oldest is
+    /// [`FLUSH_AFTER`] old. Extraction calls it between batches, so a resumed extraction
+    /// batches the remaining images exactly as an uninterrupted one would.
+    pub fn flush_if_due(&mut self) -> Result<()> {
+        match self.pending_since {
+            Some(t) if self.pending.len() >= self.chunk_entries || t.elapsed() >= FLUSH_AFTER => self.flush(),
+            _ => Ok(()),
+        }
     }
 
     /// Writes pending entries as one new chunk file, atomically.
@@ -186,6 +202,7 @@ impl FeatureCache {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        self.pending_since = None;
         let ids: Vec<String> = pending.iter().map(|((h, v), _)| format!("{h:032x}:{v}")).collect();
         let data: Vec<u8> = match self.key.dtype {
             CacheDtype::F32 => pending.iter().flat_map(|(_, f)| f.iter().flat_map(|v| v.to_le_bytes())).collect(),

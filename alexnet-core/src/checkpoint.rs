@@ -75,6 +75,10 @@ pub fn save(
     meta.insert("alexnet.progress".to_string(), serde_json::to_string(progress).map_err(|e| Error::Config(e.to_string()))?);
     meta.insert("alexnet.optimizer_steps".to_string(), state.steps.to_string());
     meta.insert("alexnet.dropout_position".to_string(), state.dropout_position.to_string());
+    // The run folder appears with the first checkpoint, not before the job has started well.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     atomic::write(path, &write_safetensors(&tensors, meta)?)
 }
 

@@ -111,6 +111,7 @@ pub fn fill_cache(
             for (k, (h, v)) in ids.into_iter().enumerate() {
                 cache.insert(h, v, feats.row(k).to_vec())?;
             }
+            cache.flush_if_due()?;
         }
         out.extracted_images += n_images;
         obs.advance(n_images as u64);

@@ -4,11 +4,12 @@
 use crate::arch::AlexNetSpec;
 use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
+use crate::checkpoint;
 use crate::data::{Dataset, Duplicates, OnConflict, Preprocess, Split, SplitConfig, check_files};
 use crate::extract::{FillOutcome, fill_cache};
 use crate::observer::Observer;
 use crate::report::{CacheSummary, DataSummary, DuplicateSummary, RunReport, SkippedFile, Timings};
-use crate::train::{Inputs, TrainConfig, evaluate, train};
+use crate::train::{Inputs, TrainConfig, evaluate, train_resumable};
 use crate::weights::WeightSet;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,10 @@ pub struct JobConfig {
     pub on_conflict: OnConflict,
     /// Crops per frozen-prefix forward during extraction.
     pub extract_batch: usize,
+    /// Training checkpoint file: written at every evaluation point and, when it exists with
+    /// the same configuration, resumed from. `None`: no checkpoints.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl JobConfig {
@@ -74,11 +79,19 @@ impl JobConfig {
             skip_bad_images: false,
             on_conflict: OnConflict::Skip,
             extract_batch: 64,
+            checkpoint: None,
         }
     }
 }
 
 impl JobConfig {
+    /// The configuration as JSON without the checkpoint path: what a checkpoint must match.
+    pub fn config_json(&self) -> Result<String> {
+        let mut c = self.clone();
+        c.checkpoint = None;
+        serde_json::to_string(&c).map_err(|e| Error::Config(e.to_string()))
+    }
+
     /// Checks every setting that does not need the data: split, preprocessing (the crop must fit
     /// the resize and give AlexNet its 6×6 pool5), optimiser and regularisation, cache views and
     /// the extraction batch. [`prepare`] calls it before any work; [`run`] also checks the loop
@@ -292,9 +305,40 @@ pub fn provenance(w: &WeightSet) -> String {
 /// Runs the whole job; returns the report and the best weights (to save as the model).
 pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<(RunReport, WeightSet)> {
     cfg.train.validate()?;
+    // A checkpoint of other settings is refused before any work, naming what differs.
+    let config = cfg.config_json()?;
+    let resume_from = match &cfg.checkpoint {
+        Some(path) if path.exists() => {
+            let differences = checkpoint::config_differences(&checkpoint::stored_config(path)?, &config);
+            if !differences.is_empty() {
+                return Err(Error::Checkpoint {
+                    path: path.clone(),
+                    msg: format!(
+                        "written by a run with other settings ({}); rerun with the same settings to resume, or start afresh (another --out, or --restart)",
+                        differences.join(", ")
+                    ),
+                });
+            }
+            Some(path.clone())
+        }
+        _ => None,
+    };
     let mut p = prepare(backend, cfg, obs)?;
     let classes = p.dataset.classes.len();
-    let out = train(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs)?;
+    let trainable = cfg.model.policy.trainable();
+    let resume = match &resume_from {
+        Some(path) => {
+            let c = checkpoint::load(path, &p.weights, &trainable)?;
+            obs.message(&format!("resuming from step {} of {} ({})", c.progress.step, c.progress.total, path.display()));
+            Some(c)
+        }
+        None => None,
+    };
+    let mut save = |progress: &checkpoint::Progress, now: &WeightSet, best: &WeightSet, state: &crate::backend::TrainState| match &cfg.checkpoint {
+        Some(path) => checkpoint::save(path, &config, &trainable, progress, now, best, state),
+        None => Ok(()),
+    };
+    let out = train_resumable(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs, resume, &mut save)?;
     let eval = |m: &mut dyn Model, x: &Inputs| evaluate(m, x, classes, cfg.train.batch_size);
     let val = eval(p.model.as_mut(), &p.val)?;
     let test = eval(p.model.as_mut(), &p.test)?;

@@ -164,9 +164,13 @@ pub struct TrainArgs {
     pub steps: Option<usize>,
     #[command(flatten)]
     pub optim: OptimArgs,
-    /// Evaluate every N steps (default: every epoch).
+    /// Evaluate every N steps (default: every epoch). Each evaluation also writes a checkpoint
+    /// into --out, from which the same command continues an interrupted run.
     #[arg(long, value_parser = at_least_one::<usize>)]
     pub eval_every: Option<usize>,
+    /// Discard a checkpoint left in --out by an interrupted run and start afresh.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// Optimiser and regularisation options (train, experiment).

@@ -72,8 +72,20 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
         cfg.model.policy.cut_name(),
         if cfg.cache.enabled && cfg.model.policy.has_frozen_prefix() { ", cached" } else { ", no cache" }
     );
-    let (report, best) = alexnet_core::job::run(backend, &cfg, &obs)?;
     let out = &args.out;
+    // Checkpoints go into the run folder (created with the first one); an interrupted run
+    // continues from its last one.
+    let checkpoint = out.join(rundir::CHECKPOINT);
+    if checkpoint.exists() {
+        if args.restart {
+            std::fs::remove_file(&checkpoint).with_context(|| checkpoint.display().to_string())?;
+            eprintln!("--restart: discarded the checkpoint {}", checkpoint.display());
+        } else {
+            eprintln!("{} holds the checkpoint of an interrupted run: continuing it (--restart starts afresh)", out.display());
+        }
+    }
+    cfg.checkpoint = Some(checkpoint.clone());
+    let (report, best) = alexnet_core::job::run(backend, &cfg, &obs)?;
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let info = rundir::ModelInfo {
         classes: report.data.classes.clone(),
@@ -88,6 +100,11 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     written.extend(plots::learning_curve(&report, &out.join("curve"))?);
     let title = format!("test confusion · {:.1}% · fine-tune {}", 100.0 * report.test.accuracy, report.policy);
     written.extend(plots::confusion(&report.test.confusion, &report.data.classes, &title, &out.join("confusion"))?);
+    // The model and report are safely written: the run is complete.
+    match std::fs::remove_file(&checkpoint) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| checkpoint.display().to_string()),
+        _ => {}
+    }
     print_summary(&report);
     println!("wrote: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())

@@ -20,6 +20,8 @@ pub struct ModelInfo {
 
 /// Model file names inside a run folder.
 pub const WEIGHTS: &str = "model.safetensors";
+/// The training checkpoint of a run in progress (removed when the run completes).
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const INFO: &str = "model.json";
 
 /// A run folder whose `model.json` was read and checked; the weights are loaded separately

@@ -1,0 +1,118 @@
+//! Training survives a kill: `alexnet train` is SIGKILLed once during feature extraction and once
+//! during training, rerun with the same command each time, and ends with a model bit-identical
+//! to an uninterrupted run's.
+
+use alexnet_core::conformance::{flower_subset, pretrained_weights};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Run {
+    data: PathBuf,
+    weights: PathBuf,
+    home: PathBuf,
+}
+
+impl Run {
+    fn command(&self, out: &Path, cache: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_alexnet"));
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        c.args(["--backend", "candle", "train", "--data", &s(&self.data), "--weights", &s(&self.weights)])
+            .args(["--finetune", "fc6", "--steps", "12", "--eval-every", "3", "--batch-size", "8", "--cache-views", "4"])
+            .args(["--extract-batch", "8", "--cache-dir", &s(cache), "--out", &s(out)])
+            .env("ALEXNET_HOME", &self.home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn finish(&self, out: &Path, cache: &Path) -> (String, f64) {
+        let t = Instant::now();
+        let o = self.command(out, cache).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        (stderr, t.elapsed().as_secs_f64())
+    }
+}
+
+/// Waits (polling) until `ready` holds, then SIGKILLs the child; panics if it exits first.
+fn kill_when(mut child: Child, what: &str, ready: impl Fn() -> bool) -> f64 {
+    let t = Instant::now();
+    while !ready() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the run ended ({status}) before {what}: {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no handler runs, nothing is flushed
+    child.wait().unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn chunks(cache: &Path) -> usize {
+    walk(cache).iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("chunk-")).count()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    rd.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+}
+
+#[test]
+fn killed_twice_resumes_to_the_same_model_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run { data: flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 20), weights: pretrained_weights(), home: tmp.path().to_path_buf() };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (cache_a, cache_b) = (tmp.path().join("cache-a"), tmp.path().join("cache-b"));
+    let (_, t_whole) = run.finish(&a, &cache_a);
+    assert!(!a.join("checkpoint.safetensors").exists(), "a finished run leaves no checkpoint");
+
+    // Kill 1: during extraction, as soon as the first chunk of features is on disk.
+    let t1 = kill_when(run.command(&b, &cache_b).spawn().unwrap(), "the first cache chunk", || chunks(&cache_b) > 0);
+    let kept = chunks(&cache_b);
+    // Kill 2: during training, as soon as the first checkpoint is on disk.
+    let ckpt = b.join("checkpoint.safetensors");
+    let t2 = kill_when(run.command(&b, &cache_b).spawn().unwrap(), "the first checkpoint", || ckpt.exists());
+    assert!(!b.join("model.safetensors").exists(), "the second kill came after the run had finished");
+    let (stderr, t3) = run.finish(&b, &cache_b);
+    assert!(stderr.contains("continuing it") && stderr.contains("resuming from step"), "{stderr}");
+    assert!(!ckpt.exists(), "the completed run removed its checkpoint");
+    assert!(chunks(&cache_b) > kept, "the first kill came after extraction had finished");
+
+    let model = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(model(&a) == model(&b), "the resumed model differs from the uninterrupted one");
+    let report = |d: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap() };
+    let (ra, rb) = (report(&a), report(&b));
+    for k in ["best_step", "val", "test"] {
+        assert_eq!(ra[k], rb[k], "{k}");
+    }
+    let accuracies = |r: &serde_json::Value| -> Vec<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+        r["curve"].as_array().unwrap().iter().map(|p| (p["step"].clone(), p["train_loss"].clone(), p["val_accuracy"].clone())).collect()
+    };
+    assert_eq!(accuracies(&ra), accuracies(&rb), "learning curves");
+    eprintln!(
+        "uninterrupted {t_whole:.1}s; interrupted: killed after {t1:.1}s ({kept} cache chunk(s) kept), then after {t2:.1}s (first checkpoint), finished in {t3:.1}s; \
+         time lost to the kills: {:.1}s",
+        t1 + t2 + t3 - t_whole
+    );
+}
+
+#[test]
+fn a_checkpoint_of_other_settings_is_refused_naming_the_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run { data: flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6), weights: pretrained_weights(), home: tmp.path().to_path_buf() };
+    let (out, cache) = (tmp.path().join("run"), tmp.path().join("cache"));
+    let ckpt = out.join("checkpoint.safetensors");
+    kill_when(run.command(&out, &cache).spawn().unwrap(), "the first checkpoint", || ckpt.exists());
+    let o = run.command(&out, &cache).args(["--lr", "0.01"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("train.lr: 0.005 → 0.01") && stderr.contains("--restart"), "{stderr}");
+    // --restart discards it and runs afresh to the end.
+    let o = run.command(&out, &cache).args(["--lr", "0.01", "--restart"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains("discarded the checkpoint"), "{stderr}");
+    assert!(out.join("model.safetensors").exists() && !ckpt.exists());
+}

@@ -253,8 +253,9 @@ fn loss_of(w: &WeightSet, x: &Act, labels: &[u32]) -> f64 {
 ///
 /// Bound: the gradient passes through a chain of reductions (forward conv5, fc6, fc7, fc8; back
 /// through fc8, fc7, fc6; conv5's weight gradient over batch × 13 × 13 positions), each adding at
-/// most γ(K) of relative error (see [`reference`]), so the gradient is within Σγ(K)·max|g| of the
-/// exact one. Coordinates whose channel has a max-pool window or ReLU decided within rounding
+/// most γ(K) of relative error (see [`reference`]), independent, so the gradient is within
+/// √(Σγ(K)²)·max|g| of the exact one; a 0.1% error at the probed coordinates must exceed that.
+/// Coordinates whose channel has a max-pool window or ReLU decided within rounding
 /// (where an f32 implementation may legitimately route the gradient elsewhere) are not probed.
 pub fn conv_step_follows_the_gradient(b: &dyn Backend) {
     let w0 = weights();
@@ -283,7 +284,8 @@ pub fn conv_step_follows_the_gradient(b: &dyn Backend) {
     order.sort_by(|i, j| g[*j].abs().total_cmp(&g[*i].abs()));
     let xa = Act::from_host(&x);
     let chain = [2304, 9216, 4096, 4096, 5, 4096, 4096, 3 * 13 * 13];
-    let rho: f64 = chain.iter().map(|k| reference::gamma(*k)).sum();
+    // Independent rounding sources along the chain add in quadrature.
+    let rho: f64 = chain.iter().map(|k| reference::gamma(*k).powi(2)).sum::<f64>().sqrt();
     let loss0 = loss_of(&w0, &xa, &labels);
     for &i in order.iter().take(4) {
         let probe = |sign: f64| {
@@ -302,6 +304,8 @@ pub fn conv_step_follows_the_gradient(b: &dyn Backend) {
         let r = (g[i] - numeric).abs() / bound;
         eprintln!("conformance · conv5 gradient [{i}]: step {:e} vs finite difference {numeric:e}, |Δ|/bound {r:.3e}", g[i]);
         assert!(r <= 1.0, "conv5 gradient [{i}]: step {:e} vs finite difference {numeric:e} (bound {bound:e})", g[i]);
+        // The check can fail: a gradient 0.1% off at these coordinates exceeds the bound.
+        assert!(1e-3 * g[i].abs() > bound, "conv5 gradient [{i}]: the bound {bound:e} would not catch a 0.1% error");
     }
 }
 
@@ -314,7 +318,7 @@ fn ambiguous_conv5_channels(x: &HostTensor, w: &WeightSet, margin: f64) -> Vec<b
     let (k, s) = crate::arch::MAXPOOL;
     let (ho, wo) = (crate::arch::pool_out(h), crate::arch::pool_out(wd));
     for r in 0..n {
-        for ch in 0..c {
+        for (ch, ambiguous) in out.iter_mut().enumerate() {
             let base = (r * c + ch) * h * wd;
             for y in 0..ho {
                 for xx in 0..wo {
@@ -328,9 +332,7 @@ fn ambiguous_conv5_channels(x: &HostTensor, w: &WeightSet, margin: f64) -> Vec<b
                     let (top, second) = (cells[0], cells[1]);
                     let kink = top.0.abs() <= top.1;
                     let tie = top.0 > 0.0 && top.0 - second.0.max(0.0) <= top.1 + second.1;
-                    if kink || tie {
-                        out[ch] = true;
-                    }
+                    *ambiguous |= kink || tie;
                 }
             }
         }
@@ -404,9 +406,13 @@ pub fn real_weights_and_photos(b: &dyn Backend, weights_file: &Path, photos: &Pa
     let mut m = b.build(&w, &cfg("fc6")).unwrap();
     let got = m.extract(&x).unwrap();
     assert_within("pool5 of real photos", &got, &want);
-    // Pretrained features are sparse and non-trivial.
-    let zeros = got.data.iter().filter(|v| **v == 0.0).count() as f64 / got.len() as f64;
-    assert!(zeros > 0.2 && zeros < 0.99, "pool5 zero fraction {zeros}");
+    // The ReLU's exact zeros agree too: an element may be zero on one side only where the
+    // reference is within its rounding bound of zero.
+    let ambiguous = want.value.data.iter().zip(&want.bound.data).filter(|(v, e)| v.abs() <= **e && **v != 0.0).count();
+    let zeros = |it: &mut dyn Iterator<Item = bool>| it.filter(|z| *z).count();
+    let (gz, wz) = (zeros(&mut got.data.iter().map(|v| *v == 0.0)), zeros(&mut want.value.data.iter().map(|v| *v == 0.0)));
+    assert!(gz.abs_diff(wz) <= ambiguous, "pool5 of real photos: {gz} zeros, the reference has {wz} ({ambiguous} within rounding of 0)");
+    assert!(wz > 0 && wz < want.value.data.len(), "pool5 of real photos: {wz} of {} zero", want.value.data.len());
 }
 
 /// Instantiates the conformance suite for a backend expression, as `#[test]`s in a module.

@@ -15,8 +15,9 @@
 //!   deviations: a miss has probability < 10⁻¹¹ per element. Fewer roundings (FMA, wider
 //!   accumulators, pairwise trees) only make the error smaller;
 //! - an error `e` already in the inputs propagates through the weights as `√(Σ w²e²)` (errors of
-//!   independent sign, each already at λ standard deviations); ReLU and max-pool are 1-Lipschitz,
-//!   so they pass a bound through (max-pool takes the window's largest bound);
+//!   independent sign, each already at λ standard deviations), and adds to the new rounding in
+//!   quadrature; ReLU and max-pool are 1-Lipschitz, so they pass a bound through (max-pool takes
+//!   the window's largest bound);
 //! - element-wise operations (softmax, the optimiser's update) are propagated to first order with
 //!   their exact derivatives, plus `u` per rounding.
 //!
@@ -159,10 +160,13 @@ fn squares(v: &[f64]) -> Vec<f64> {
     v.iter().map(|a| a * a).collect()
 }
 
+/// A conv or linear map `(input, weights, bias) → output`.
+type AffineOp<'a> = dyn Fn(&Act, &[f64], &[f64]) -> Act + 'a;
+
 /// An affine map (conv or linear, `k` products per output) with its deviation bound: input
 /// errors propagated through the weights, plus the rounding of the sum and of the stored output.
 /// `w_err` bounds how far the implementation's weights already are from `w` (after a step).
-fn affine(x: &Bounded, w: &[f64], w_err: &[f64], b: &[f64], k: usize, op: &dyn Fn(&Act, &[f64], &[f64]) -> Act) -> Bounded {
+fn affine(x: &Bounded, w: &[f64], w_err: &[f64], b: &[f64], k: usize, op: &AffineOp<'_>) -> Bounded {
     let zero_b = vec![0.0; b.len()];
     let value = op(&x.value, w, b);
     let x2 = x.value.map(|v| v * v);
@@ -177,7 +181,9 @@ fn affine(x: &Bounded, w: &[f64], w_err: &[f64], b: &[f64], k: usize, op: &dyn F
         data: (0..value.data.len())
             .map(|j| {
                 let z = value.data[j].abs();
-                from_inputs.data[j].sqrt() + from_weights.data[j].sqrt() + g * (terms.data[j].sqrt() + z) + U * z
+                // Independent error sources add in quadrature (each is already at λ standard
+                // deviations); the final rounding of the stored output adds directly.
+                quadrature(from_inputs.data[j] + from_weights.data[j], g * (terms.data[j].sqrt() + z)) + U * z
             })
             .collect(),
     };
@@ -410,7 +416,7 @@ pub fn fc_train_step(
                 e_b += de * de;
             }
             gb[o] = s_b;
-            gb_err[o] = e_b.sqrt() + gn * (t_b.sqrt() + s_b.abs()) + U * s_b.abs();
+            gb_err[o] = quadrature(e_b, gn * (t_b.sqrt() + s_b.abs())) + U * s_b.abs();
             for i in 0..i_ {
                 let (mut s, mut t, mut e) = (0.0, 0.0, 0.0);
                 for r in 0..n {
@@ -421,7 +427,7 @@ pub fn fc_train_step(
                     e += de * de * hv * hv + d * d * he * he;
                 }
                 gw[o * i_ + i] = s;
-                gw_err[o * i_ + i] = e.sqrt() + gn * (t.sqrt() + s.abs()) + U * s.abs();
+                gw_err[o * i_ + i] = quadrature(e, gn * (t.sqrt() + s.abs())) + U * s.abs();
             }
         }
         grads.push((layers[idx].id, (gw, gw_err), (gb, gb_err)));
@@ -441,13 +447,13 @@ pub fn fc_train_step(
                         e += de * de * wv_ * wv_ + d * d * wer * wer;
                     }
                     dh.value.data[r * i_ + i] = s;
-                    dh.bound.data[r * i_ + i] = e.sqrt() + go * (t.sqrt() + s.abs()) + U * s.abs();
+                    dh.bound.data[r * i_ + i] = quadrature(e, go * (t.sqrt() + s.abs())) + U * s.abs();
                 }
             }
             if let Some(m) = &saved[idx].1 {
-                for j in 0..n * i_ {
-                    dh.value.data[j] *= m[j] as f64;
-                    dh.bound.data[j] *= m[j] as f64;
+                for ((v, e), m) in dh.value.data.iter_mut().zip(&mut dh.bound.data).zip(m) {
+                    *v *= *m as f64;
+                    *e *= *m as f64;
                 }
             }
             let zp = &saved[idx - 1].2;
@@ -475,6 +481,12 @@ pub fn fc_train_step(
         }
     }
     StepBounds { loss, loss_bound, update_bounds }
+}
+
+/// A propagated error (given as its square) and a new rounding error, both at λ standard
+/// deviations and independent, combined.
+fn quadrature(propagated_sq: f64, rounding: f64) -> f64 {
+    (propagated_sq + rounding * rounding).sqrt()
 }
 
 /// Applies the optimiser to `p` and returns the element-wise bound on the deviation of the

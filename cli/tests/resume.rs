@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests run one at a time, so the reported times are not inflated by each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Run {
     data: PathBuf,
     weights: PathBuf,
@@ -63,6 +66,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn killed_twice_resumes_to_the_same_model_bit_for_bit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let run = Run { data: flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 20), weights: pretrained_weights(), home: tmp.path().to_path_buf() };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -95,13 +99,14 @@ fn killed_twice_resumes_to_the_same_model_bit_for_bit() {
     assert_eq!(accuracies(&ra), accuracies(&rb), "learning curves");
     eprintln!(
         "uninterrupted {t_whole:.1}s; interrupted: killed after {t1:.1}s ({kept} cache chunk(s) kept), then after {t2:.1}s (first checkpoint), finished in {t3:.1}s; \
-         time lost to the kills: {:.1}s",
+         time lost to the two kills (restarts and redone work): {:.1}s",
         t1 + t2 + t3 - t_whole
     );
 }
 
 #[test]
 fn a_checkpoint_of_other_settings_is_refused_naming_the_difference() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let run = Run { data: flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6), weights: pretrained_weights(), home: tmp.path().to_path_buf() };
     let (out, cache) = (tmp.path().join("run"), tmp.path().join("cache"));

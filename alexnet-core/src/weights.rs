@@ -261,12 +261,55 @@ pub fn write_safetensors(tensors: &BTreeMap<String, HostTensor>, meta: HashMap<S
         tensors.iter().map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
         bytes.iter().map(|(n, b, s)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"))).collect();
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::WeightSet(format!("serialising: {e}")))
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::WeightSet(format!("serialising: {e}")))?;
+    Ok(canonical_header(bytes))
+}
+
+/// safetensors writes the header's metadata in `HashMap` order, which changes from process to
+/// process; the same header with every object's keys sorted (same length, padded as before)
+/// makes equal content give equal bytes, so two identical runs write identical files.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let m: BTreeMap<String, serde_json::Value> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::to_value(m).expect("a JSON object")
+            }
+            other => other,
+        }
+    }
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else { return bytes };
+    let Some(header) = bytes.get(8..8 + n).and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok()) else { return bytes };
+    // A BTreeMap serialises its keys in order whatever serde_json's features.
+    let Ok(mut json) = serde_json::to_vec(&match sorted(header) {
+        serde_json::Value::Object(m) => m.into_iter().collect::<BTreeMap<_, _>>(),
+        _ => return bytes,
+    }) else {
+        return bytes;
+    };
+    if json.len() > n {
+        return bytes;
+    }
+    json.resize(n, b' ');
+    [&bytes[..8], &json[..], &bytes[8 + n..]].concat()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_weights_write_equal_bytes() {
+        let w = WeightSet::initialised(&AlexNetSpec::new(2), 3);
+        let meta = || (0..8).map(|i| (format!("key{i}"), format!("value {i}"))).collect::<HashMap<_, _>>();
+        let a = write_safetensors(w.tensors(), meta()).unwrap();
+        // Another HashMap of the same entries (another iteration order, most likely).
+        let b = write_safetensors(w.tensors(), meta()).unwrap();
+        assert_eq!(a, b);
+        let (tensors, m) = parse_safetensors(&a).unwrap();
+        assert_eq!(&tensors, w.tensors());
+        assert_eq!(m, meta());
+    }
 
     #[test]
     fn init_is_seeded_and_in_torchvision_bounds() {

@@ -222,9 +222,17 @@ impl TrainState {
         }
     }
 
+    /// Checks the state fits a model training `layers` with `optimizer` (buffer names; the step
+    /// count as backends hold it) before a backend applies any of it; returns the step count.
+    pub fn check_for(&self, layers: &[crate::LayerId], optimizer: &Optimizer) -> Result<i32> {
+        let params: Vec<String> = layers.iter().flat_map(|l| [l.weight_name(), l.bias_name()]).collect();
+        self.check_names(&params, optimizer)?;
+        i32::try_from(self.steps).map_err(|_| Error::Config(format!("optimiser step count {} out of range", self.steps)))
+    }
+
     /// Checks every buffer belongs to one of `params` under `optimizer` (a state saved with
     /// another policy or optimiser is refused rather than half-applied).
-    pub fn check_names(&self, params: &[String], optimizer: &Optimizer) -> Result<()> {
+    fn check_names(&self, params: &[String], optimizer: &Optimizer) -> Result<()> {
         let known: Vec<String> = params.iter().flat_map(|p| Self::buffer_names(p, optimizer)).collect();
         match self.buffers.keys().find(|k| !known.contains(k)) {
             Some(k) => Err(Error::WeightSet(format!(

@@ -397,9 +397,8 @@ impl Model for BurnModel {
 
     fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
         let opt = self.cfg.optimizer.optimizer;
-        let params: Vec<String> = self.trainable.iter().flat_map(|l| [l.spec.id.weight_name(), l.spec.id.bias_name()]).collect();
-        st.check_names(&params, &opt)?;
-        let steps = i32::try_from(st.steps).map_err(|_| alexnet_core::Error::Config(format!("optimiser step count {} out of range", st.steps)))?;
+        let layers: Vec<_> = self.trainable.iter().map(|l| l.spec.id).collect();
+        let steps = st.check_for(&layers, &opt)?;
         for l in &mut self.trainable {
             let mut slots = [[None, None], [None, None]];
             let shapes = [&l.spec.weight_shape, &l.spec.bias_shape];

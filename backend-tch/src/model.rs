@@ -227,8 +227,8 @@ impl Model for TchModel {
 
     fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
         let opt = self.cfg.optimizer.optimizer;
-        let params: Vec<String> = self.trainable.iter().flat_map(|l| [l.spec.id.weight_name(), l.spec.id.bias_name()]).collect();
-        st.check_names(&params, &opt)?;
+        let layers: Vec<_> = self.trainable.iter().map(|l| l.spec.id).collect();
+        let steps = st.check_for(&layers, &opt)?;
         for l in &mut self.trainable {
             let shapes = [l.spec.weight_shape.clone(), l.spec.bias_shape.clone()];
             for ((param, shape), state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&shapes).zip(&mut l.state) {
@@ -241,7 +241,7 @@ impl Model for TchModel {
                 *state = (a, b);
             }
         }
-        self.steps = i32::try_from(st.steps).map_err(|_| alexnet_core::Error::Config(format!("optimiser step count {} out of range", st.steps)))?;
+        self.steps = steps;
         self.masks.set_position(st.dropout_position);
         Ok(())
     }

@@ -222,6 +222,30 @@ impl TrainState {
         }
     }
 
+    /// Adds one layer's buffers, as a backend holds them (`[[first, second] of weight, [first,
+    /// second] of bias]`, torchvision shapes, `None` before the first step), under their names.
+    pub fn insert_layer(&mut self, layer: crate::LayerId, optimizer: &Optimizer, buffers: [[Option<HostTensor>; 2]; 2]) {
+        for (param, bufs) in [layer.weight_name(), layer.bias_name()].iter().zip(buffers) {
+            for (name, t) in Self::buffer_names(param, optimizer).into_iter().zip(bufs) {
+                if let Some(t) = t {
+                    self.buffers.insert(name, t);
+                }
+            }
+        }
+    }
+
+    /// One layer's buffers in the order [`TrainState::insert_layer`] takes them, each checked
+    /// against its parameter's shape.
+    pub fn layer(&self, spec: &crate::arch::LayerSpec, optimizer: &Optimizer) -> Result<[[Option<&HostTensor>; 2]; 2]> {
+        let mut out = [[None, None], [None, None]];
+        for ((param, shape), slot) in [spec.id.weight_name(), spec.id.bias_name()].iter().zip([&spec.weight_shape, &spec.bias_shape]).zip(&mut out) {
+            for (s, name) in slot.iter_mut().zip(Self::buffer_names(param, optimizer)) {
+                *s = self.buffer(&name, shape)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks the state fits a model training `layers` with `optimizer` (buffer names; the step
     /// count as backends hold it) before a backend applies any of it; returns the step count.
     pub fn check_for(&self, layers: &[crate::LayerId], optimizer: &Optimizer) -> Result<i32> {

@@ -381,18 +381,11 @@ impl Model for BurnModel {
     }
 
     fn train_state(&self) -> Result<TrainState> {
-        let opt = self.cfg.optimizer.optimizer;
-        let mut buffers = std::collections::BTreeMap::new();
+        let mut st = TrainState { steps: self.steps as u64, dropout_position: self.masks.position(), ..Default::default() };
         for l in &self.trainable {
-            for (param, bufs) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(l.buffers()?) {
-                for (name, t) in TrainState::buffer_names(param, &opt).into_iter().zip(bufs) {
-                    if let Some(t) = t {
-                        buffers.insert(name, t);
-                    }
-                }
-            }
+            st.insert_layer(l.spec.id, &self.cfg.optimizer.optimizer, l.buffers()?);
         }
-        Ok(TrainState { steps: self.steps as u64, dropout_position: self.masks.position(), buffers })
+        Ok(st)
     }
 
     fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
@@ -400,14 +393,7 @@ impl Model for BurnModel {
         let layers: Vec<_> = self.trainable.iter().map(|l| l.spec.id).collect();
         let steps = st.check_for(&layers, &opt)?;
         for l in &mut self.trainable {
-            let mut slots = [[None, None], [None, None]];
-            let shapes = [&l.spec.weight_shape, &l.spec.bias_shape];
-            for ((param, shape), slot) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(shapes).zip(&mut slots) {
-                for (s, name) in slot.iter_mut().zip(TrainState::buffer_names(param, &opt)) {
-                    *s = st.buffer(&name, shape)?;
-                }
-            }
-            l.set_buffers(slots, &self.device)?;
+            l.set_buffers(st.layer(&l.spec, &opt)?, &self.device)?;
         }
         self.steps = steps;
         self.masks.set_position(st.dropout_position);

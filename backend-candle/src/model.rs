@@ -274,20 +274,19 @@ impl Model for CandleModel {
     }
 
     fn train_state(&self) -> Result<TrainState> {
-        let mut buffers = std::collections::BTreeMap::new();
-        let mut steps = 0;
+        let mut st = TrainState { dropout_position: self.masks.position(), ..Default::default() };
         for l in &self.trainable {
-            for (param, state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&l.state) {
-                let (parts, s) = state.parts();
-                steps = s;
-                for (name, t) in TrainState::buffer_names(param, &self.cfg.optimizer.optimizer).into_iter().zip(parts) {
-                    if let Some(t) = t {
-                        buffers.insert(name, to_host(t)?);
-                    }
+            let mut bufs = [[None, None], [None, None]];
+            for (slot, state) in bufs.iter_mut().zip(&l.state) {
+                let (parts, steps) = state.parts();
+                st.steps = steps as u64;
+                for (s, t) in slot.iter_mut().zip(parts) {
+                    *s = t.map(to_host).transpose()?;
                 }
             }
+            st.insert_layer(l.spec.id, &self.cfg.optimizer.optimizer, bufs);
         }
-        Ok(TrainState { steps: steps as u64, dropout_position: self.masks.position(), buffers })
+        Ok(st)
     }
 
     fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
@@ -295,15 +294,9 @@ impl Model for CandleModel {
         let layers: Vec<_> = self.trainable.iter().map(|l| l.spec.id).collect();
         let steps = st.check_for(&layers, &opt)?;
         for l in &mut self.trainable {
-            let shapes = [l.spec.weight_shape.clone(), l.spec.bias_shape.clone()];
-            for ((param, shape), state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&shapes).zip(&mut l.state) {
-                let mut slots = [None, None];
-                for (slot, name) in slots.iter_mut().zip(TrainState::buffer_names(param, &opt)) {
-                    *slot = st.buffer(&name, shape)?.map(|t| to_device(t, &self.device)).transpose()?;
-                }
-                let [m, v] = slots;
-                *state = ParamState::restore(m, v, steps);
-            }
+            let up = |t: Option<&HostTensor>| t.map(|t| to_device(t, &self.device)).transpose();
+            let [w, b] = st.layer(&l.spec, &opt)?;
+            l.state = [ParamState::restore(up(w[0])?, up(w[1])?, steps), ParamState::restore(up(b[0])?, up(b[1])?, steps)];
         }
         self.masks.set_position(st.dropout_position);
         Ok(())

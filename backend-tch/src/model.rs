@@ -211,18 +211,13 @@ impl Model for TchModel {
     }
 
     fn train_state(&self) -> Result<TrainState> {
-        let mut buffers = std::collections::BTreeMap::new();
+        let mut st = TrainState { steps: self.steps as u64, dropout_position: self.masks.position(), ..Default::default() };
+        let host = |t: &Option<Tensor>| t.as_ref().map(to_host).transpose();
         for l in &self.trainable {
-            for (param, state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&l.state) {
-                let names = TrainState::buffer_names(param, &self.cfg.optimizer.optimizer);
-                for (name, t) in names.into_iter().zip([&state.0, &state.1]) {
-                    if let Some(t) = t {
-                        buffers.insert(name, to_host(t)?);
-                    }
-                }
-            }
+            let [w, b] = &l.state;
+            st.insert_layer(l.spec.id, &self.cfg.optimizer.optimizer, [[host(&w.0)?, host(&w.1)?], [host(&b.0)?, host(&b.1)?]]);
         }
-        Ok(TrainState { steps: self.steps as u64, dropout_position: self.masks.position(), buffers })
+        Ok(st)
     }
 
     fn set_train_state(&mut self, st: &TrainState) -> Result<()> {
@@ -230,16 +225,10 @@ impl Model for TchModel {
         let layers: Vec<_> = self.trainable.iter().map(|l| l.spec.id).collect();
         let steps = st.check_for(&layers, &opt)?;
         for l in &mut self.trainable {
-            let shapes = [l.spec.weight_shape.clone(), l.spec.bias_shape.clone()];
-            for ((param, shape), state) in [l.spec.id.weight_name(), l.spec.id.bias_name()].iter().zip(&shapes).zip(&mut l.state) {
-                let names = TrainState::buffer_names(param, &opt);
-                let mut slots = [None, None];
-                for (slot, name) in slots.iter_mut().zip(&names) {
-                    *slot = st.buffer(name, shape)?.map(|t| to_device(t, self.device)).transpose()?;
-                }
-                let [a, b] = slots;
-                *state = (a, b);
-            }
+            let device = self.device;
+            let up = |t: Option<&HostTensor>| t.map(|t| to_device(t, device)).transpose();
+            let [w, b] = st.layer(&l.spec, &opt)?;
+            l.state = [(up(w[0])?, up(w[1])?), (up(b[0])?, up(b[1])?)];
         }
         self.steps = steps;
         self.masks.set_position(st.dropout_position);

@@ -82,11 +82,29 @@ pub fn save(
     atomic::write(path, &write_safetensors(&tensors, meta)?)
 }
 
-/// The configuration a checkpoint was written with (JSON), to compare or to resume from.
+/// The configuration a checkpoint was written with (JSON), to compare before any work. Reads
+/// only the file's header, not its (hundreds of MB of) tensors.
 pub fn stored_config(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = parse(path, &bytes)?;
-    Ok(meta["alexnet.config"].clone())
+    use std::io::Read;
+    let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| bad("too short for a safetensors file; delete it to start the run afresh".into()))?;
+    let len = u64::from_le_bytes(len);
+    let mut header = Vec::new();
+    f.take(len).read_to_end(&mut header).map_err(|e| Error::io(path, e))?;
+    let header: serde_json::Value = (header.len() as u64 == len)
+        .then(|| serde_json::from_slice(&header).ok())
+        .flatten()
+        .ok_or_else(|| bad("not a valid safetensors header; delete it to start the run afresh".into()))?;
+    let meta = &header["__metadata__"];
+    if meta["alexnet.kind"].as_str() != Some(KIND) {
+        return Err(bad("not a training checkpoint of this tool (delete it, or choose another --out)".into()));
+    }
+    meta["alexnet.config"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| bad("metadata alexnet.config missing; delete it to start the run afresh".into()))
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<crate::weights::Parsed> {
@@ -218,9 +236,12 @@ mod tests {
         base.save(&dir.path().join("w.safetensors")).unwrap();
         let e = load(&dir.path().join("w.safetensors"), &base, &[LayerId::Fc8]).unwrap_err().to_string();
         assert!(e.contains("not a training checkpoint"), "{e}");
+        let e = stored_config(&dir.path().join("w.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("not a training checkpoint"), "{e}");
         std::fs::write(&p, b"garbage").unwrap();
-        let e = load(&p, &base, &[LayerId::Fc8]).unwrap_err().to_string();
-        assert!(e.contains("checkpoint.safetensors") && e.contains("delete it"), "{e}");
+        for e in [load(&p, &base, &[LayerId::Fc8]).unwrap_err().to_string(), stored_config(&p).unwrap_err().to_string()] {
+            assert!(e.contains("checkpoint.safetensors") && e.contains("delete it"), "{e}");
+        }
     }
 
     #[test]

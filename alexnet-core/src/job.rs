@@ -334,11 +334,14 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         }
         None => None,
     };
-    let mut save = |progress: &checkpoint::Progress, now: &WeightSet, best: &WeightSet, state: &crate::backend::TrainState| match &cfg.checkpoint {
-        Some(path) => checkpoint::save(path, &config, &trainable, progress, now, best, state),
-        None => Ok(()),
-    };
-    let out = train_resumable(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs, resume, &mut save)?;
+    let (config, trainable) = (&config, &trainable);
+    let mut save_to = cfg.checkpoint.as_ref().map(|path| {
+        move |progress: &checkpoint::Progress, now: &WeightSet, best: &WeightSet, state: &crate::backend::TrainState| {
+            checkpoint::save(path, config, trainable, progress, now, best, state)
+        }
+    });
+    let save = save_to.as_mut().map(|f| f as &mut crate::train::SaveCheckpoint<'_>);
+    let out = train_resumable(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs, resume, save)?;
     let eval = |m: &mut dyn Model, x: &Inputs| evaluate(m, x, classes, cfg.train.batch_size);
     let val = eval(p.model.as_mut(), &p.val)?;
     let test = eval(p.model.as_mut(), &p.test)?;

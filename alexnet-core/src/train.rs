@@ -222,14 +222,14 @@ pub fn train(
     cfg: &TrainConfig,
     obs: &dyn Observer,
 ) -> Result<TrainOutcome> {
-    train_resumable(model, train, val, test, classes, cfg, obs, None, &mut |_, _, _, _| Ok(()))
+    train_resumable(model, train, val, test, classes, cfg, obs, None, None)
 }
 
 /// Saves a checkpoint: progress, current weights, best weights, optimiser state.
 pub type SaveCheckpoint<'a> = dyn FnMut(&Progress, &WeightSet, &WeightSet, &TrainState) -> Result<()> + 'a;
 
 /// [`train`], continuing from `resume` when given (the model built as for a fresh run), and
-/// handing a checkpoint to `save` at every evaluation point. A run resumed from a checkpoint of
+/// handing a checkpoint to `save` (when given) at every evaluation point. A run resumed from a checkpoint of
 /// the same configuration ends bit-identical to one never interrupted: the data order is
 /// replayed from the seed, the optimiser and dropout state are restored.
 #[allow(clippy::too_many_arguments)]
@@ -242,7 +242,7 @@ pub fn train_resumable(
     cfg: &TrainConfig,
     obs: &dyn Observer,
     resume: Option<Checkpoint>,
-    save: &mut SaveCheckpoint<'_>,
+    mut save: Option<&mut SaveCheckpoint<'_>>,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     if train.is_empty() {
@@ -348,8 +348,18 @@ pub fn train_resumable(
                     best = Some(model.weights()?);
                 }
                 p.eval_seconds += te.elapsed().as_secs_f64();
-                let now = model.weights()?;
-                save(&p, &now, best.as_ref().expect("set above"), &model.train_state()?)?;
+                if let Some(save) = save.as_mut() {
+                    let best = best.as_ref().expect("set above");
+                    // At a new best the current weights are the ones just read out.
+                    let later;
+                    let now = if p.best_step == p.step {
+                        best
+                    } else {
+                        later = model.weights()?;
+                        &later
+                    };
+                    save(&p, now, best, &model.train_state()?)?;
+                }
                 if p.step >= total {
                     break 'outer;
                 }

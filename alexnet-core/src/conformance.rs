@@ -277,8 +277,7 @@ pub fn conv_step_follows_the_gradient(b: &dyn Backend) {
     let eps = 1e-5f64;
     let xmax = x.data.iter().fold(0f32, |m, v| m.max(*v)) as f64;
     let ambiguous = ambiguous_conv5_channels(&x, &w0, eps * xmax * 9.0);
-    let (ci, k) = (256usize, 3usize);
-    let per_channel = ci * k * k;
+    let per_channel: usize = a.shape[1..].iter().product();
     let mut order: Vec<usize> = (0..g.len()).filter(|i| !ambiguous[i / per_channel]).collect();
     assert!(order.len() > g.len() / 2, "too many conv5 channels decided within rounding");
     order.sort_by(|i, j| g[*j].abs().total_cmp(&g[*i].abs()));

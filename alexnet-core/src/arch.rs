@@ -114,17 +114,44 @@ pub const POOL5_SIDE: usize = 6;
 /// Max-pool window and stride used after conv1, conv2 and conv5.
 pub const MAXPOOL: (usize, usize) = (3, 2);
 
-/// A concrete AlexNet: class count and input crop size.
+/// A concrete AlexNet: class count and input crop size. With [`HeadSpec`] it is only a classifier
+/// (fc8, optionally preceded by a hidden fc7) on another frozen backbone's features, such as
+/// Inception-v3's 2048-d bottleneck; the backbone itself is a [`crate::net`] description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlexNetSpec {
     pub num_classes: usize,
     pub crop_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadSpec>,
+}
+
+/// A classifier on `in_features`-wide backbone features: fc8 alone (the article's "retrained
+/// last layer"), or with `hidden > 0` a hidden fc7 of that width (dropout before it, ReLU after).
+/// The layers keep AlexNet's classifier names (`classifier.4`, `classifier.6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadSpec {
+    pub in_features: usize,
+    pub hidden: usize,
 }
 
 impl AlexNetSpec {
     /// An AlexNet for `num_classes` classes on 224×224 crops.
     pub fn new(num_classes: usize) -> Self {
-        Self { num_classes, crop_size: 224 }
+        Self { num_classes, crop_size: 224, head: None }
+    }
+
+    /// A classifier head on `in_features`-wide features of a backbone fed `crop_size` crops.
+    pub fn head(num_classes: usize, crop_size: usize, head: HeadSpec) -> Self {
+        Self { num_classes, crop_size, head: Some(head) }
+    }
+
+    /// The layers this network has, in forward order: all eight, or the head's one or two.
+    pub fn layer_ids(&self) -> Vec<LayerId> {
+        match self.head {
+            None => LayerId::ALL.to_vec(),
+            Some(h) if h.hidden > 0 => vec![LayerId::Fc7, LayerId::Fc8],
+            Some(_) => vec![LayerId::Fc8],
+        }
     }
 
     /// Sets the input crop size (224 as torchvision, 227 as Caffe).
@@ -138,6 +165,10 @@ impl AlexNetSpec {
     pub fn validate(&self) -> Result<()> {
         if self.num_classes < 2 {
             return Err(Error::Config(format!("need at least 2 classes, got {}", self.num_classes)));
+        }
+        if let Some(h) = self.head {
+            // The backbone's description checks the crop; the head needs only a width.
+            return if h.in_features == 0 { Err(Error::Config("a classifier head needs at least one input feature".into())) } else { Ok(()) };
         }
         let side = self.conv_sides()[4];
         let pooled = pool_out(side);
@@ -159,9 +190,9 @@ impl AlexNetSpec {
         [c1, p1, p2, p2, p2]
     }
 
-    /// All eight layers, in forward order.
+    /// Every layer ([`AlexNetSpec::layer_ids`]), in forward order.
     pub fn layers(&self) -> Vec<LayerSpec> {
-        LayerId::ALL.iter().map(|&id| self.layer(id)).collect()
+        self.layer_ids().into_iter().map(|id| self.layer(id)).collect()
     }
 
     /// One layer's spec.
@@ -188,6 +219,12 @@ impl AlexNetSpec {
             output_shape: vec![outf],
             flops: 2 * (inf * outf) as u64,
         };
+        if let Some(h) = self.head {
+            return match id {
+                LayerId::Fc7 => linear(h.in_features, h.hidden, true, true),
+                _ => linear(if h.hidden > 0 { h.hidden } else { h.in_features }, self.num_classes, false, false),
+            };
+        }
         match id {
             LayerId::Conv1 => conv(0, 3, 64, 11, 4, 2, true),
             LayerId::Conv2 => conv(1, 64, 192, 5, 1, 2, true),
@@ -202,6 +239,9 @@ impl AlexNetSpec {
 
     /// Per-sample shape of the tensor that enters `layer` (the cut point before it).
     pub fn input_shape(&self, layer: LayerId) -> Vec<usize> {
+        if let Some(h) = self.head {
+            return if layer == LayerId::Fc8 && h.hidden > 0 { vec![h.hidden] } else { vec![h.in_features] };
+        }
         match layer.prev() {
             None => vec![3, self.crop_size, self.crop_size],
             Some(p) => self.layer(p).output_shape,

@@ -2,6 +2,7 @@
 //! core (data, cache, training loop) never depends on a backend.
 
 use crate::freeze::FreezePolicy;
+use crate::net::{Extractor, Graph};
 use crate::tensor::HostTensor;
 use crate::weights::WeightSet;
 use crate::{Error, Result};
@@ -160,6 +161,10 @@ pub trait Backend: Send + Sync {
     /// Builds a model from `weights` (all eight layers) with `cfg.policy` deciding what trains.
     /// Frozen layers must get no gradient and stay bit-identical.
     fn build(&self, weights: &WeightSet, cfg: &ModelConfig) -> Result<Box<dyn Model>>;
+    /// The frozen prefix of any described network, up to cut `cut`, run by the core's one
+    /// runner on this backend's primitive ops ([`crate::net::Kernels`]). `weights` hold the
+    /// graph's parameters by name (checked first).
+    fn extractor(&self, graph: &Graph, cut: &str, weights: &BTreeMap<String, HostTensor>) -> Result<Box<dyn Extractor>>;
 }
 
 /// An AlexNet on a device, with a frozen prefix and a trainable suffix.

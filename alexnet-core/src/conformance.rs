@@ -12,6 +12,8 @@
 //! and prints its worst ratio `|backend − reference| / bound` (run with `--nocapture`).
 //! Checks that a deliberately wrong update rule fails show the bounds are tight enough to matter.
 
+pub mod net;
+
 use crate::arch::{AlexNetSpec, LayerId};
 use crate::backend::{Backend, DropoutMasks, ModelConfig, Optimizer, OptimizerConfig, Stage};
 use crate::data::{Preprocess, View};
@@ -467,6 +469,24 @@ macro_rules! conformance_tests {
             #[test]
             fn every_policy_trains() {
                 $crate::conformance::every_policy_trains(&*backend());
+            }
+            #[test]
+            fn ops_match_reference() {
+                $crate::conformance::net::ops_match_reference(&*backend());
+            }
+            #[test]
+            fn alexnet_graph_matches_reference() {
+                $crate::conformance::net::alexnet_graph_matches_reference(&*backend());
+            }
+            #[test]
+            fn inception_matches_reference() {
+                $crate::conformance::net::inception_matches_reference(&*backend());
+            }
+            #[test]
+            fn inception_real_weights() {
+                let weights = $crate::paths::default_inception_weights();
+                let photos = $crate::conformance::flower_photos(env!("CARGO_MANIFEST_DIR"));
+                $crate::conformance::net::inception_real_weights(&*backend(), &weights, &photos);
             }
             #[test]
             fn real_weights_and_photos() {

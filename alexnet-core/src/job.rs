@@ -1,7 +1,8 @@
 //! The whole fine-tuning job, end to end: scan, split, load weights, cache features, train,
 //! evaluate, report. The CLI is a thin layer over this; library users call it directly.
 
-use crate::arch::AlexNetSpec;
+use crate::arch::{AlexNetSpec, HeadSpec};
+use crate::backbone::{Backbone, FrozenBackbone};
 use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
 use crate::checkpoint;
@@ -61,6 +62,13 @@ pub struct JobConfig {
     /// the same configuration, resumed from. `None`: no checkpoints.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
+    /// The pretrained network. For any but AlexNet, `weights` names its weights file, the
+    /// backbone is frozen to its bottleneck and a new head is trained ([`crate::backbone`]).
+    #[serde(default)]
+    pub backbone: Backbone,
+    /// Hidden units of that head (0: fc8 alone, the article's recipe).
+    #[serde(default)]
+    pub head_hidden: usize,
 }
 
 impl JobConfig {
@@ -80,6 +88,8 @@ impl JobConfig {
             on_conflict: OnConflict::Skip,
             extract_batch: 64,
             checkpoint: None,
+            backbone: Backbone::AlexNet,
+            head_hidden: 0,
         }
     }
 }
@@ -99,7 +109,26 @@ impl JobConfig {
     pub fn validate(&self) -> Result<()> {
         self.split.validate()?;
         self.preprocess.validate()?;
-        AlexNetSpec::new(2).with_crop_size(self.preprocess.crop as usize).validate()?;
+        match self.backbone.frozen_graph(self.preprocess.crop as usize)? {
+            None => AlexNetSpec::new(2).with_crop_size(self.preprocess.crop as usize).validate()?,
+            Some(_) => {
+                let want = Backbone::head_policy(self.head_hidden);
+                if self.model.policy != want {
+                    return Err(Error::Config(format!(
+                        "{} is frozen to its bottleneck and trains a new head: --finetune {} (fc8 alone, or fc7 with a hidden layer: --head-hidden N), not {}",
+                        self.backbone,
+                        want.first_trainable(),
+                        self.model.policy.first_trainable()
+                    )));
+                }
+                if self.weights.is_none() {
+                    return Err(Error::Config(format!(
+                        "{} needs its pretrained weights (`alexnet weights fetch --backbone {}`)",
+                        self.backbone, self.backbone
+                    )));
+                }
+            }
+        }
         self.model.validate()?;
         if self.cache.views == 0 {
             return Err(Error::Config("cached views per training image (--cache-views) must be at least 1".into()));
@@ -135,16 +164,37 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     for w in &dataset.warnings {
         obs.message(&format!("warning: {w}"));
     }
-    let spec = AlexNetSpec::new(dataset.classes.len()).with_crop_size(cfg.preprocess.crop as usize);
+    let crop = cfg.preprocess.crop as usize;
+    let policy = cfg.model.policy;
+    // A described backbone: its graph, the cut, its weights (checked against the graph).
+    let frozen = match (cfg.backbone, &cfg.weights) {
+        (Backbone::AlexNet, _) => None,
+        (b, None) => return Err(Error::Config(format!("{b} needs a weights file"))),
+        (b, Some(path)) => FrozenBackbone::load(b, crop, path)?,
+    };
+    if let Some(f) = &frozen {
+        obs.message(&format!(
+            "backbone: {} frozen to {} ({} features), pretrained from {}",
+            f.backbone,
+            f.cut,
+            f.features(),
+            f.weights_file.display()
+        ));
+    }
+    let spec = match &frozen {
+        Some(f) => AlexNetSpec::head(dataset.classes.len(), crop, HeadSpec { in_features: f.features(), hidden: cfg.head_hidden }),
+        None => AlexNetSpec::new(dataset.classes.len()).with_crop_size(crop),
+    };
     spec.validate()?;
-    let weights = match &cfg.weights {
-        Some(p) => WeightSet::load_pretrained(p, &spec, cfg.init_seed)?,
-        None => WeightSet::initialised(&spec, cfg.init_seed),
+    let weights = match (&cfg.weights, &frozen) {
+        (Some(p), None) => WeightSet::load_pretrained(p, &spec, cfg.init_seed)?,
+        _ => WeightSet::initialised(&spec, cfg.init_seed),
     };
     obs.message(&provenance(&weights));
-    let policy = cfg.model.policy;
-    policy.validate(&weights, cfg.allow_random_frozen)?;
-    let cached = cfg.cache.enabled && policy.has_frozen_prefix();
+    if frozen.is_none() {
+        policy.validate(&weights, cfg.allow_random_frozen)?;
+    }
+    let cached = cfg.cache.enabled && (frozen.is_some() || policy.has_frozen_prefix());
 
     let samples = &dataset.samples;
     let check = check_files(samples, !cached);
@@ -188,16 +238,23 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
         class_conflicts: conflicts.iter().map(|g| g.iter().map(|i| samples[*i].rel.clone()).collect()).collect(),
         on_conflict: cfg.on_conflict,
     };
-    let mut model = backend.build(&weights, &cfg.model)?;
+    let mut model = match &frozen {
+        Some(f) => f.model(backend, backend.build(&weights, &cfg.model)?)?,
+        None => backend.build(&weights, &cfg.model)?,
+    };
 
     let mut bad = check.bad.clone();
     let views_wanted = cfg.cache.views;
     let mut filled = None;
     if cached {
+        let (weights_hash, cut) = match &frozen {
+            Some(f) => f.cache_id(),
+            None => (weights.content_hash(&policy.frozen()), policy.cut_name().to_string()),
+        };
         let key = CacheKey {
             format: CacheKey::FORMAT,
-            weights_hash: weights.content_hash(&policy.frozen()),
-            cut: policy.cut_name().to_string(),
+            weights_hash,
+            cut,
             feature_shape: spec.input_shape(policy.first_trainable()),
             preprocess: cfg.preprocess,
             view_seed: cfg.cache.view_seed,
@@ -396,6 +453,14 @@ mod tests {
         }
         fn build(&self, _: &WeightSet, _: &crate::ModelConfig) -> Result<Box<dyn Model>> {
             unreachable!("build")
+        }
+        fn extractor(
+            &self,
+            _: &crate::net::Graph,
+            _: &str,
+            _: &std::collections::BTreeMap<String, crate::HostTensor>,
+        ) -> Result<Box<dyn crate::net::Extractor>> {
+            unreachable!("extractor")
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod arch;
 mod atomic;
+pub mod backbone;
 pub mod backend;
 pub mod cache;
 pub mod checkpoint;
@@ -18,15 +19,18 @@ mod error;
 pub mod experiment;
 pub mod extract;
 pub mod freeze;
+pub mod inception_import;
 pub mod job;
 mod lpips;
 pub mod metrics;
+pub mod net;
 pub mod observer;
 pub mod paths;
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod reference;
 pub mod report;
 pub mod tensor;
+pub mod torchscript;
 pub mod train;
 pub mod weights;
 

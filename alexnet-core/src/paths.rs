@@ -19,3 +19,16 @@ pub fn home() -> PathBuf {
 pub fn default_weights() -> PathBuf {
     std::env::var_os("ALEXNET_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| home().join("weights").join("alexnet-imagenet-conv.safetensors"))
 }
+
+/// The Inception-v3 weights that `alexnet weights fetch --backbone inception-v3` writes:
+/// `<home>/weights/inception-v3-fid.safetensors` (batch-norm folded; the original TorchScript
+/// archive is kept beside it as [`default_inception_torchscript`]).
+pub fn default_inception_weights() -> PathBuf {
+    home().join("weights").join("inception-v3-fid.safetensors")
+}
+
+/// The FID TorchScript archive kept next to [`default_inception_weights`]:
+/// `<home>/weights/inception-v3-fid.pt` (an independent oracle for the tch backend).
+pub fn default_inception_torchscript() -> PathBuf {
+    home().join("weights").join("inception-v3-fid.pt")
+}

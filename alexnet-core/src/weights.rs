@@ -36,7 +36,7 @@ impl WeightSet {
     /// so one layer's init does not depend on which others were loaded.
     pub fn initialised(spec: &AlexNetSpec, seed: u64) -> Self {
         let mut w = Self { spec: *spec, tensors: BTreeMap::new(), sources: BTreeMap::new() };
-        for id in LayerId::ALL {
+        for id in spec.layer_ids() {
             w.init_layer(id, seed);
         }
         w
@@ -186,7 +186,7 @@ impl WeightSet {
         w.sources = meta
             .get("alexnet.sources")
             .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_else(|| LayerId::ALL.into_iter().map(|l| (l, LayerSource::Initialised { seed: 0 })).collect());
+            .unwrap_or_else(|| spec.layer_ids().into_iter().map(|l| (l, LayerSource::Initialised { seed: 0 })).collect());
         Ok(w)
     }
 

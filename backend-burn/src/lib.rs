@@ -9,11 +9,15 @@
 //! have no gradient; trainable layers are autodiff leaves with `require_grad`, updated by
 //! PyTorch's SGD/Adam written in burn tensor ops.
 
+mod kernels;
 mod model;
 
-use alexnet_core::{Backend, DeviceSpec, Model, ModelConfig, Result, WeightSet};
+use alexnet_core::net::{Extractor, Graph, GraphExtractor};
+use alexnet_core::{Backend, DeviceSpec, HostTensor, Model, ModelConfig, Result, WeightSet};
 use burn::tensor::Device;
+use std::collections::BTreeMap;
 
+pub use kernels::{BurnKernels, BurnValue};
 pub use model::BurnModel;
 
 pub(crate) fn err(e: impl std::fmt::Display) -> alexnet_core::Error {
@@ -73,5 +77,9 @@ impl Backend for BurnBackend {
 
     fn build(&self, weights: &WeightSet, cfg: &ModelConfig) -> Result<Box<dyn Model>> {
         Ok(Box::new(BurnModel::new(self.device.clone(), weights, cfg)?))
+    }
+
+    fn extractor(&self, graph: &Graph, cut: &str, weights: &BTreeMap<String, HostTensor>) -> Result<Box<dyn Extractor>> {
+        Ok(Box::new(GraphExtractor::new(BurnKernels::new(&self.device), graph, cut, weights)?))
     }
 }

@@ -5,12 +5,16 @@
 //! them and they get no gradient; trainable layers are `Var`s updated by the PyTorch-equivalent
 //! optimisers in [`optim`].
 
+mod kernels;
 mod model;
 pub mod optim;
 
-use alexnet_core::{Backend, DeviceSpec, Model, ModelConfig, Result, WeightSet};
+use alexnet_core::net::{Extractor, Graph, GraphExtractor};
+use alexnet_core::{Backend, DeviceSpec, HostTensor, Model, ModelConfig, Result, WeightSet};
 use candle_core::Device;
+use std::collections::BTreeMap;
 
+pub use kernels::CandleKernels;
 pub use model::CandleModel;
 
 pub(crate) fn err(e: impl std::fmt::Display) -> alexnet_core::Error {
@@ -58,5 +62,9 @@ impl Backend for CandleBackend {
 
     fn build(&self, weights: &WeightSet, cfg: &ModelConfig) -> Result<Box<dyn Model>> {
         Ok(Box::new(CandleModel::new(&self.device, weights, cfg)?))
+    }
+
+    fn extractor(&self, graph: &Graph, cut: &str, weights: &BTreeMap<String, HostTensor>) -> Result<Box<dyn Extractor>> {
+        Ok(Box::new(GraphExtractor::new(CandleKernels::new(&self.device), graph, cut, weights)?))
     }
 }

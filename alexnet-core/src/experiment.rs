@@ -28,6 +28,17 @@ pub struct ExperimentConfig {
     pub no_cache_policy: Option<FreezePolicy>,
     /// Steps of the uncached timing run (the speed settles after a few steps).
     pub no_cache_steps: usize,
+    /// Other backbones to compare, each a complete job (its weights, preprocessing and head);
+    /// they run after the AlexNet depths with the same step budget and evaluation points.
+    #[serde(default)]
+    pub backbone_jobs: Vec<JobConfig>,
+    /// Run the AlexNet depths (`policies`); off when only other backbones are compared.
+    #[serde(default = "yes")]
+    pub alexnet: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ExperimentConfig {
@@ -41,6 +52,8 @@ impl ExperimentConfig {
             eval_every: (steps / 10).max(1),
             no_cache_policy: Some(FreezePolicy::from_layer(LayerId::Fc6)),
             no_cache_steps: 20,
+            backbone_jobs: vec![],
+            alexnet: true,
         }
     }
 }
@@ -59,11 +72,17 @@ impl ExperimentConfig {
         if self.no_cache_steps == 0 && self.no_cache_policy.is_some_and(|p| p.has_frozen_prefix()) {
             return bad("uncached timing steps (--no-cache-steps) must be at least 1 (or --speedup-policy none)");
         }
-        if self.policies.is_empty() {
+        if self.alexnet && self.policies.is_empty() {
             return bad("no fine-tune depth to run (--policies is empty)");
         }
+        if !self.alexnet && self.backbone_jobs.is_empty() {
+            return bad("nothing to run: no AlexNet depth and no other backbone");
+        }
         self.base.validate()?;
-        job_for(self, self.policies[0], self.steps, true).train.validate()
+        for j in &self.backbone_jobs {
+            j.validate()?;
+        }
+        job_for(self, &self.base, self.policies.first().copied().unwrap_or_default(), self.steps, true).train.validate()
     }
 }
 
@@ -128,19 +147,26 @@ pub fn run_experiment(
         cache_speedups: vec![],
     };
     for backend in backends {
-        for policy in &cfg.policies {
+        let policies: &[FreezePolicy] = if cfg.alexnet { &cfg.policies } else { &[] };
+        for policy in policies {
             obs.message(&format!("experiment: {} · fine-tune {policy} · {} steps", backend.name(), cfg.steps));
-            let (report, _) = run(*backend, &job_for(cfg, *policy, cfg.steps, true), obs)?;
+            let (report, _) = run(*backend, &job_for(cfg, &cfg.base, *policy, cfg.steps, true), obs)?;
             rep.runs.push(report);
             on_run(&rep);
         }
-        if let Some(policy) = cfg.no_cache_policy.filter(|p| p.has_frozen_prefix()) {
+        for job in &cfg.backbone_jobs {
+            obs.message(&format!("experiment: {} · {} · new head · {} steps", backend.name(), job.backbone, cfg.steps));
+            let (report, _) = run(*backend, &job_for(cfg, job, job.model.policy, cfg.steps, true), obs)?;
+            rep.runs.push(report);
+            on_run(&rep);
+        }
+        if let Some(policy) = cfg.no_cache_policy.filter(|p| cfg.alexnet && p.has_frozen_prefix()) {
             let cached = match rep.runs.iter().find(|r| r.backend == backend.name() && r.policy == policy.to_string()) {
                 Some(r) => r.clone(),
-                None => run(*backend, &job_for(cfg, policy, cfg.no_cache_steps, true), obs)?.0,
+                None => run(*backend, &job_for(cfg, &cfg.base, policy, cfg.no_cache_steps, true), obs)?.0,
             };
             obs.message(&format!("experiment: {} · fine-tune {policy} without the cache · {} steps", backend.name(), cfg.no_cache_steps));
-            let (uncached, _) = run(*backend, &job_for(cfg, policy, cfg.no_cache_steps, false), obs)?;
+            let (uncached, _) = run(*backend, &job_for(cfg, &cfg.base, policy, cfg.no_cache_steps, false), obs)?;
             let (c, u) = (cached.timings.train_samples_per_second, uncached.timings.train_samples_per_second);
             rep.cache_speedups.push(CacheSpeedup {
                 backend: backend.name().to_string(),
@@ -158,8 +184,8 @@ pub fn run_experiment(
     Ok(rep)
 }
 
-fn job_for(cfg: &ExperimentConfig, policy: FreezePolicy, steps: usize, cache: bool) -> JobConfig {
-    let mut job = cfg.base.clone();
+fn job_for(cfg: &ExperimentConfig, base: &JobConfig, policy: FreezePolicy, steps: usize, cache: bool) -> JobConfig {
+    let mut job = base.clone();
     job.model.policy = policy;
     job.cache.enabled = cache;
     job.train.max_steps = Some(steps);
@@ -174,8 +200,11 @@ impl ExperimentReport {
     /// the times; then the cache speed-ups.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "| backend | fine-tune | trains | test acc. (best val) | best test seen | steps | train s | samples/s | cache fill s |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| backbone | backend | fine-tune | trains | test acc. (best val) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
             let policy: FreezePolicy = r.policy.parse().unwrap_or_default();
             let t = policy.trainable();
@@ -183,7 +212,8 @@ impl ExperimentReport {
             let steps = r.curve.last().map(|p| p.step).unwrap_or(0);
             let _ = writeln!(
                 s,
-                "| {} | {} | {}–{} | {:.2}% | {:.2}% | {} | {:.0} | {:.1} | {} |",
+                "| {} | {} | {} | {}–{} | {:.2}% | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
+                r.backbone,
                 r.backend,
                 r.policy,
                 t[0],
@@ -194,6 +224,7 @@ impl ExperimentReport {
                 r.timings.train_seconds,
                 r.timings.train_samples_per_second,
                 if r.cache.is_some() { format!("{:.0}", r.timings.extract_seconds) } else { "no cache".into() },
+                r.timings.extract_views_per_second.map_or("–".into(), |v| format!("{v:.1}")),
             );
         }
         if !self.cache_speedups.is_empty() {
@@ -239,10 +270,10 @@ mod tests {
     fn runs_are_budgeted_by_steps() {
         let cfg = ExperimentConfig::new(JobConfig::new("data"), None, 120);
         assert_eq!(cfg.eval_every, 12);
-        let job = job_for(&cfg, FreezePolicy::from_layer(LayerId::Conv5), 120, true);
+        let job = job_for(&cfg, &cfg.base, FreezePolicy::from_layer(LayerId::Conv5), 120, true);
         assert_eq!((job.train.max_steps, job.train.eval_every, job.cache.enabled), (Some(120), Some(12), true));
         assert_eq!(job.model.policy.to_string(), "conv5");
-        let timing = job_for(&cfg, FreezePolicy::default(), 20, false);
+        let timing = job_for(&cfg, &cfg.base, FreezePolicy::default(), 20, false);
         assert_eq!((timing.train.max_steps, timing.train.eval_every, timing.cache.enabled), (Some(20), Some(20), false));
     }
 

@@ -363,9 +363,9 @@ mod tests {
         assert!((w.data[3] - 8.0).abs() < 1e-4 && (b.data[1] + 5.0).abs() < 1e-4 && b.data[0].abs() < 1e-6);
         // The fold identity on an input x: w'·x + b' = (w·x − mean)·s + beta.
         let x = [0.3f64, -1.7];
-        for o in 0..2 {
+        for (o, s) in s.into_iter().enumerate() {
             let conv = raw[0].weight.data[2 * o] as f64 * x[0] + raw[0].weight.data[2 * o + 1] as f64 * x[1];
-            let bn = (conv - raw[0].mean.data[o] as f64) * s[o] + raw[0].beta.data[o] as f64;
+            let bn = (conv - raw[0].mean.data[o] as f64) * s + raw[0].beta.data[o] as f64;
             let folded = w.data[2 * o] as f64 * x[0] + w.data[2 * o + 1] as f64 * x[1] + b.data[o] as f64;
             assert!((bn - folded).abs() < 1e-5, "{bn} vs {folded}");
         }
@@ -489,7 +489,7 @@ mod tests {
         eprintln!("conv.weight[0,0,0,0]: raw {w0}, var {}, folded {}", raw[0].var.data[0], w.tensors["conv.weight"].data[0]);
         // Computed in Python (pickle + struct, no torch) from the raw storage bytes:
         // w·s and beta − mean·s for channel 0 of `conv`, s = 1/√(var + 0.001), rounded to f32.
-        assert_eq!(w.tensors["conv.weight"].data[0], 0.029630176723003387);
-        assert_eq!(w.tensors["conv.bias"].data[0], 3.038924217224121);
+        assert_eq!(w.tensors["conv.weight"].data[0], 0.029630176723003387_f64 as f32);
+        assert_eq!(w.tensors["conv.bias"].data[0], 3.038924217224121_f64 as f32);
     }
 }

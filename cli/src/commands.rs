@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Weights(w) => match w {
-            WeightsCommand::Fetch { out } => weights_cmd::fetch(&out.unwrap_or_else(default_weights)),
+            WeightsCommand::Fetch { out, backbone } => weights_cmd::fetch_backbone(backbone, out),
             WeightsCommand::Import { src, out } => weights_cmd::import(&src, &out),
             WeightsCommand::Inspect { path } => weights_cmd::inspect(&path),
         },
@@ -48,10 +48,18 @@ pub(crate) fn resolve_weights(job: &DataArgs) -> Result<Option<PathBuf>> {
         }
         return Ok(Some(p.clone()));
     }
-    let p = default_weights();
+    let backbone = job.backbone.core();
+    let p = match backbone {
+        alexnet_core::backbone::Backbone::AlexNet => default_weights(),
+        b => b.default_weights(),
+    };
     if !p.exists() {
-        eprintln!("no pretrained weights at {} yet: fetching them once", p.display());
-        weights_cmd::fetch(&p).context("fetching the default pretrained weights (or pass --weights FILE / --no-pretrained)")?;
+        eprintln!("no pretrained {backbone} weights at {} yet: fetching them once", p.display());
+        match backbone {
+            alexnet_core::backbone::Backbone::AlexNet => weights_cmd::fetch(&p),
+            _ => weights_cmd::fetch_inception(&p),
+        }
+        .context("fetching the default pretrained weights (or pass --weights FILE / --no-pretrained)")?;
     }
     Ok(Some(p))
 }
@@ -64,13 +72,17 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
     args.apply(&mut cfg);
     let obs = bars();
+    let (cut, cacheable) = match cfg.backbone {
+        alexnet_core::backbone::Backbone::AlexNet => (cfg.model.policy.cut_name().to_string(), cfg.model.policy.has_frozen_prefix()),
+        b => (format!("{b}'s bottleneck"), true),
+    };
     eprintln!(
-        "alexnet train · backend {} · device {} · fine-tune {} (cut at {}{})",
+        "alexnet train · {} · backend {} · device {} · fine-tune {} (cut at {cut}{})",
+        cfg.backbone,
         backend.name(),
         backend.device_name(),
         cfg.model.policy,
-        cfg.model.policy.cut_name(),
-        if cfg.cache.enabled && cfg.model.policy.has_frozen_prefix() { ", cached" } else { ", no cache" }
+        if cfg.cache.enabled && cacheable { ", cached" } else { ", no cache" }
     );
     let out = &args.out;
     // Checkpoints go into the run folder (created with the first one); an interrupted run
@@ -93,6 +105,8 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
         policy: report.policy.clone(),
         backend: report.backend.clone(),
         split: cfg.split,
+        backbone: cfg.backbone,
+        backbone_weights: (cfg.backbone != alexnet_core::backbone::Backbone::AlexNet).then(|| cfg.weights.clone()).flatten(),
     };
     rundir::save(out, &best, &info)?;
     alexnet_core::write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report)?)?;
@@ -142,7 +156,12 @@ fn print_summary(r: &RunReport) {
     }
     let pretrained: Vec<_> =
         r.layers.iter().filter(|(_, s)| matches!(s, alexnet_core::LayerSource::Pretrained { .. })).map(|(l, _)| l.name()).collect();
-    println!("{:<28} pretrained: {}", "weights", if pretrained.is_empty() { "none".to_string() } else { pretrained.join(", ") });
+    match r.backbone {
+        alexnet_core::backbone::Backbone::AlexNet => {
+            println!("{:<28} pretrained: {}", "weights", if pretrained.is_empty() { "none".to_string() } else { pretrained.join(", ") })
+        }
+        b => println!("{:<28} {b} pretrained and frozen ({}); the head is new", "weights", r.weights_file.as_deref().unwrap_or("?")),
+    }
 }
 
 fn trained_layers(r: &RunReport) -> String {
@@ -178,7 +197,22 @@ fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
 /// Builds the trained model for inference (every layer frozen but fc8; policy is irrelevant here).
 fn inference_model(backend: &dyn Backend, run: &rundir::RunDir) -> Result<Box<dyn alexnet_core::Model>> {
     let weights = run.weights()?;
-    Ok(backend.build(&weights, &ModelConfig::new(FreezePolicy::from_layer(LayerId::Fc8)))?)
+    let info = &run.info;
+    // AlexNet: everything frozen but fc8 (images run the backend's own prefix). A head on a
+    // described backbone: all of it, so the backbone's features enter its first layer.
+    let first = match info.backbone {
+        alexnet_core::backbone::Backbone::AlexNet => LayerId::Fc8,
+        _ => weights.spec().layer_ids()[0],
+    };
+    let head = backend.build(&weights, &ModelConfig::new(FreezePolicy::from_layer(first)))?;
+    match (info.backbone, &info.backbone_weights) {
+        (alexnet_core::backbone::Backbone::AlexNet, _) => Ok(head),
+        (b, Some(file)) => {
+            let frozen = alexnet_core::backbone::FrozenBackbone::load(b, info.preprocess.crop as usize, file)?.context("a described backbone")?;
+            Ok(frozen.model(backend, head)?)
+        }
+        (b, None) => bail!("{}: a {b} model needs backbone_weights", run.dir.join(rundir::INFO).display()),
+    }
 }
 
 fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {

@@ -1,8 +1,9 @@
 //! `alexnet experiment`: the reference article's freeze-depth comparison in one command.
 
-use crate::args::ExperimentArgs;
+use crate::args::{BackboneArg, DataArgs, ExperimentArgs};
 use crate::commands::{bars, check_data, resolve_weights};
 use crate::plots::{LineChart, Series, both};
+use alexnet_core::backbone::Backbone;
 use alexnet_core::experiment::{ExperimentConfig, ExperimentReport, run_experiment};
 use alexnet_core::{AlexNetSpec, Backend, WeightSet};
 use anyhow::{Context, Result};
@@ -16,14 +17,18 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
         return finish(&args.out, &rep);
     }
     let classes = check_data(&args.data)?.classes.len();
-    let weights_path = resolve_weights(&args.data)?;
-    let mut base = args.data.job_config(weights_path.clone());
+    // `--backbone X` alone compares X; `--backbones` lists them. AlexNet's depths run on `alex`.
+    let backbones: Vec<Backbone> =
+        if args.backbones.is_empty() { vec![args.data.backbone.core()] } else { args.backbones.iter().map(|b| b.core()).collect() };
+    let alex = DataArgs { backbone: BackboneArg::Alexnet, head_hidden: 0, ..args.data.clone() };
+    let weights_path = if backbones.contains(&Backbone::AlexNet) { resolve_weights(&alex)? } else { None };
+    let mut base = alex.job_config(weights_path.clone());
     args.optim.apply(&mut base, args.steps);
     // The default depths depend on which layers the weights file really has; every run loads the
     // weights itself, so read them here only when the depths are not given.
     let weights = match weights_path.as_ref().filter(|_| args.policies.is_empty()) {
         Some(p) => {
-            let spec = AlexNetSpec::new(classes).with_crop_size(args.data.crop as usize);
+            let spec = AlexNetSpec::new(classes).with_crop_size(alex.preprocess().crop as usize);
             Some(WeightSet::load_pretrained(p, &spec, args.data.seed)?)
         }
         None => None,
@@ -37,12 +42,23 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     }
     cfg.no_cache_policy = args.speedup_policy.0;
     cfg.no_cache_steps = args.no_cache_steps;
+    // Other backbones: the same data, split, seed and budget; their own weights, preprocessing,
+    // head and head learning rate.
+    cfg.alexnet = backbones.contains(&Backbone::AlexNet);
+    for b in backbones.into_iter().filter(|b| *b != Backbone::AlexNet) {
+        let data = DataArgs { backbone: BackboneArg::from_core(b), ..args.data.clone() };
+        let mut job = data.job_config(resolve_weights(&data)?);
+        job.model.policy = Backbone::head_policy(data.head_hidden);
+        args.optim.apply(&mut job, args.steps);
+        cfg.backbone_jobs.push(job);
+    }
     cfg.validate()?;
 
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
-    let policies: Vec<String> = cfg.policies.iter().map(|p| p.to_string()).collect();
+    let mut policies: Vec<String> = if cfg.alexnet { cfg.policies.iter().map(|p| format!("alexnet {p}")).collect() } else { vec![] };
+    policies.extend(cfg.backbone_jobs.iter().map(|j| format!("{} head", j.backbone)));
     eprintln!(
         "alexnet experiment · backends {} · depths {} · {} steps each, evaluated every {} · writing {}",
         names.join(", "),
@@ -87,12 +103,16 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
         return Ok(written);
     }
     let several = rep.runs.iter().any(|r| r.backend != rep.runs[0].backend);
-    let series = |x: &dyn Fn(&alexnet_core::report::CurvePoint) -> f64| -> Vec<Series> {
+    let backbones = rep.runs.iter().any(|r| r.backbone != rep.runs[0].backbone);
+    let series = |x: &dyn Fn(&alexnet_core::report::RunReport, &alexnet_core::report::CurvePoint) -> f64| -> Vec<Series> {
         rep.runs
             .iter()
-            .map(|r| Series {
-                name: if several { format!("{} · {}", r.backend, r.policy) } else { r.policy.clone() },
-                points: r.curve.iter().filter_map(|p| p.test_accuracy.map(|a| (x(p), a))).collect(),
+            .map(|r| {
+                let what = if backbones { format!("{} {}", r.backbone, r.policy) } else { r.policy.clone() };
+                Series {
+                    name: if several { format!("{} · {what}", r.backend) } else { what },
+                    points: r.curve.iter().filter_map(|p| p.test_accuracy.map(|a| (x(r, p), a))).collect(),
+                }
             })
             .collect()
     };
@@ -101,19 +121,20 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     // From a tenth below the lowest point to 1, so close curves stay apart.
     let lowest = rep.runs.iter().flat_map(|r| r.curve.iter().filter_map(|p| p.test_accuracy)).fold(1.0f64, f64::min);
     let y_range = Some((((lowest - 0.05) * 10.0).floor().max(0.0) / 10.0, 1.0));
-    let by_step = series(&|p| p.step as f64);
+    let by_step = series(&|_, p| p.step as f64);
     written.extend(both(
         &out.join("accuracy_vs_step"),
         (1000, 620),
         &LineChart { title: &title, x_label: "training step", y_label: "test accuracy", series: &by_step, y_range },
     )?);
-    let by_time = series(&|p| p.train_seconds);
+    // The cache fill is part of what a run costs: each curve starts after its extraction.
+    let by_time = series(&|r, p| r.timings.extract_seconds + p.train_seconds);
     written.extend(both(
         &out.join("accuracy_vs_time"),
         (1000, 620),
         &LineChart {
             title: &title,
-            x_label: "training wall-clock seconds (excl. evaluation and cache fill)",
+            x_label: "wall-clock seconds: cache fill (extraction) + training, excl. evaluation",
             y_label: "test accuracy",
             series: &by_time,
             y_range,

@@ -1,5 +1,6 @@
 //! The run folder: trained weights plus what is needed to use them (classes, preprocessing).
 
+use alexnet_core::backbone::Backbone;
 use alexnet_core::data::{Preprocess, SplitConfig};
 use alexnet_core::{AlexNetSpec, FreezePolicy, WeightSet};
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,12 @@ pub struct ModelInfo {
     /// The split used in training, so `eval --split test` scores the same images.
     #[serde(default)]
     pub split: SplitConfig,
+    /// The pretrained network the model is built on.
+    #[serde(default)]
+    pub backbone: Backbone,
+    /// A frozen described backbone's weights file (the trained head alone is in model.safetensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_weights: Option<PathBuf>,
 }
 
 /// Model file names inside a run folder.
@@ -50,7 +57,11 @@ impl ModelInfo {
         }
         let p = &self.preprocess;
         p.validate().map_err(|e| format!("\"preprocess\": {}", plain(e)))?;
-        AlexNetSpec::new(n).with_crop_size(p.crop as usize).validate().map_err(|e| format!("\"preprocess\": {}", plain(e)))?;
+        match self.backbone.frozen_graph(p.crop as usize).map_err(|e| format!("\"preprocess\": {}", plain(e)))? {
+            None => AlexNetSpec::new(n).with_crop_size(p.crop as usize).validate().map_err(|e| format!("\"preprocess\": {}", plain(e)))?,
+            Some(_) if self.backbone_weights.is_none() => return Err(format!("\"backbone_weights\": missing; a {} model needs them", self.backbone)),
+            Some(_) => {}
+        }
         self.policy.parse::<FreezePolicy>().map_err(|e| format!("\"policy\": {}", plain(e)))?;
         self.split.validate().map_err(|e| format!("\"split\": {}", plain(e)))?;
         Ok(())
@@ -133,6 +144,8 @@ mod tests {
             policy: "fc6".into(),
             backend: "candle".into(),
             split: SplitConfig::default(),
+            backbone: Backbone::AlexNet,
+            backbone_weights: None,
         }
     }
 

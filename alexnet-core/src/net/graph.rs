@@ -169,12 +169,12 @@ pub struct Graph {
 impl Graph {
     /// Every parameter, in node order.
     pub fn params(&self) -> Vec<ParamSpec> {
-        self.nodes.iter().flat_map(|n| node_params(n)).collect()
+        self.nodes.iter().flat_map(node_params).collect()
     }
 
     /// The parameters of the nodes up to and including `value`.
     pub fn params_upto(&self, value: ValueId) -> Vec<ParamSpec> {
-        self.nodes[..=value].iter().flat_map(|n| node_params(n)).collect()
+        self.nodes[..=value].iter().flat_map(node_params).collect()
     }
 
     /// Seeded parameters for tests and benches: weights He-uniform (variance 2/fan_in, so

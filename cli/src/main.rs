@@ -12,7 +12,8 @@ mod weights_cmd;
 use clap::Parser;
 
 fn main() {
-    let cli = args::Cli::parse();
+    let mut cli = args::Cli::parse();
+    cli.apply_globals();
     // Every flag is checked before any work: one-line usage errors, exit status 2.
     if let Err(e) = args::validate(&cli) {
         e.exit();

@@ -112,6 +112,7 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         case(train(&["--optimizer", "rmsprop"]), 2, &["--optimizer", "rmsprop"]),
         case(train(&["--backbone", "resnet"]), 2, &["--backbone", "resnet"]),
         case(train(&["--backbone", "inception-v3", "--crop", "224"]), 2, &["--crop", "use a crop of 299"]),
+        case(globals(&["--backbone", "inception-v3"], train(&["--crop", "331"])), 2, &["--crop", "use a crop of 299 (up to 330)"]),
         case(train(&["--backbone", "inception-v3", "--finetune", "conv5"]), 2, &["--finetune conv5", "only its new head trains"]),
         case(train(&["--head-hidden", "256"]), 2, &["--head-hidden", "--backbone inception-v3"]),
         case(train(&["--backbone", "inception-v3"]), 2, &["--no-pretrained", "inception-v3", "needs its pretrained weights"]),

@@ -202,7 +202,7 @@ impl ExperimentReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| backbone | backend | fine-tune | trains | test acc. (best val) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
+            "| backbone | backend | fine-tune | trains | test acc. (best val; 95% interval) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
@@ -212,13 +212,15 @@ impl ExperimentReport {
             let steps = r.curve.last().map(|p| p.step).unwrap_or(0);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {}–{} | {:.2}% | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {}–{} | {:.2}% ({:.1}–{:.1}) | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
                 r.backbone,
                 r.backend,
                 r.policy,
                 t[0],
                 t[t.len() - 1],
                 100.0 * r.test.accuracy,
+                100.0 * r.test.interval95().0,
+                100.0 * r.test.interval95().1,
                 100.0 * best_seen,
                 steps,
                 r.timings.train_seconds,

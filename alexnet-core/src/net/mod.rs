@@ -13,5 +13,5 @@ mod run;
 
 pub use alexnet::alexnet;
 pub use graph::{Conv2d, Cut, Graph, GraphBuilder, InputSpec, Node, Op, ParamSpec, Pool, ValueId};
-pub use inception::{INCEPTION_BOTTLENECK, INCEPTION_CROP, INCEPTION_MEAN_STD, inception_v3};
+pub use inception::{INCEPTION_BOTTLENECK, INCEPTION_CROP, INCEPTION_CUT, INCEPTION_MEAN_STD, inception_v3};
 pub use run::{Extractor, GraphExtractor, Kernels, Plan};

@@ -6,7 +6,7 @@ use crate::backbone::{Backbone, FrozenBackbone};
 use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
 use crate::checkpoint;
-use crate::data::{Dataset, Duplicates, OnConflict, Preprocess, Split, SplitConfig, check_files};
+use crate::data::{Dataset, Duplicates, OnConflict, Preprocess, Shard, Split, SplitConfig, check_files, group_keys};
 use crate::extract::{FillOutcome, fill_cache};
 use crate::observer::Observer;
 use crate::report::{CacheSummary, DataSummary, DuplicateSummary, RunReport, SkippedFile, Timings};
@@ -69,6 +69,10 @@ pub struct JobConfig {
     /// Hidden units of that head (0: fc8 alone, the article's recipe).
     #[serde(default)]
     pub head_hidden: usize,
+    /// Only this slice of the data (`extract --shard I/N`): the other images are left out as if
+    /// absent, so N such jobs fill one cache between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 impl JobConfig {
@@ -90,6 +94,7 @@ impl JobConfig {
             checkpoint: None,
             backbone: Backbone::AlexNet,
             head_hidden: 0,
+            shard: None,
         }
     }
 }
@@ -132,6 +137,11 @@ impl JobConfig {
         self.model.validate()?;
         if self.cache.views == 0 {
             return Err(Error::Config("cached views per training image (--cache-views) must be at least 1".into()));
+        }
+        if let Some(shard) = self.shard {
+            if !self.cache.enabled {
+                return Err(Error::Config(format!("shard {shard} is for filling the feature cache, which is off (--no-cache)")));
+            }
         }
         if self.extract_batch == 0 {
             return Err(Error::Config("extraction batch (--extract-batch) must be at least 1".into()));
@@ -197,11 +207,21 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     let cached = cfg.cache.enabled && (frozen.is_some() || policy.has_frozen_prefix());
 
     let samples = &dataset.samples;
-    let check = check_files(samples, !cached);
+    let mut check = check_files(samples, !cached);
     let dups = Duplicates::find(&check.hashes);
     let splits = cfg.split.assign_samples(samples, &check.hashes);
     // What is used: `Some(content hash)`; bad and left-out files are `None`.
     let mut used = check.hashes.clone();
+    if let Some(shard) = cfg.shard {
+        // Images of other shards are absent for this job (their bad files too: another shard's).
+        let mine: Vec<bool> = group_keys(samples, &check.hashes).iter().map(|k| shard.contains(k)).collect();
+        for (u, m) in used.iter_mut().zip(&mine) {
+            if !m {
+                *u = None;
+            }
+        }
+        check.bad.retain(|b| mine[b.index]);
+    }
     let mut warnings = dataset.warnings.clone();
     let mut skipped = vec![];
     let conflicts: Vec<&Vec<usize>> = dups.conflicts(samples).collect();

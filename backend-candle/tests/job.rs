@@ -287,3 +287,43 @@ fn identical_photos_share_a_split_and_cross_class_copies_are_skipped_or_kept() {
     assert_eq!(s.len(), 5 * PER_CLASS + 2);
     assert_eq!(p.data.duplicates.class_conflicts, vec![conflict]);
 }
+
+/// Each sample's cached views, per split (what training reads).
+fn cached_views(p: &alexnet_core::job::Prepared) -> Vec<Vec<Vec<std::sync::Arc<[f32]>>>> {
+    [&p.train, &p.val, &p.test]
+        .iter()
+        .map(|i| match i {
+            Inputs::Cached { views, .. } => views.clone(),
+            Inputs::Images { .. } => panic!("not cached"),
+        })
+        .collect()
+}
+
+#[test]
+fn two_shards_fill_the_same_cache_as_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), PER_CLASS);
+    let weights = pretrained_weights();
+    let backend = CandleBackend::cpu();
+    let sharded = config(&data, &tmp.path().join("sharded"), &weights);
+    let mut written = 0;
+    for index in 0..2 {
+        let mut cfg = sharded.clone();
+        cfg.shard = Some(alexnet_core::data::Shard { index, count: 2 });
+        let p = prepare(&backend, &cfg, &Silent).unwrap();
+        let n = p.data.train + p.data.val + p.data.test;
+        assert!(n > 0 && n < 5 * PER_CLASS, "shard {index}/2 has {n} of {} images", 5 * PER_CLASS);
+        let c = p.cache.unwrap();
+        assert_eq!(c.loaded_entries, written, "shard {index}/2 should see only the other shard's entries");
+        written += c.written_entries;
+    }
+    // The shards together cover everything: a whole job on their cache computes nothing.
+    let after = prepare(&backend, &sharded, &Silent).unwrap();
+    let c = after.cache.as_ref().unwrap();
+    assert_eq!((c.loaded_entries, c.written_entries), (written, 0));
+    // Entry for entry what one unsharded run computes. Batches are composed differently, which
+    // changes no value: every crop's features are computed independently of the others in a batch.
+    let one = prepare(&backend, &config(&data, &tmp.path().join("one"), &weights), &Silent).unwrap();
+    assert_eq!(one.cache.as_ref().unwrap().written_entries, written);
+    assert!(cached_views(&after) == cached_views(&one), "sharded and unsharded caches differ");
+}

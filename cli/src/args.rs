@@ -4,7 +4,7 @@
 use alexnet_core::backbone::Backbone;
 use alexnet_core::backend::{Optimizer, OptimizerConfig};
 use alexnet_core::cache::CacheDtype;
-use alexnet_core::data::{OnConflict, Preprocess, SplitConfig};
+use alexnet_core::data::{OnConflict, Preprocess, Shard, SplitConfig};
 use alexnet_core::job::{CacheConfig, JobConfig};
 use alexnet_core::train::{LrSchedule, TrainConfig};
 use alexnet_core::{AlexNetSpec, DeviceSpec, FreezePolicy, ModelConfig};
@@ -37,8 +37,9 @@ pub enum Command {
     /// Compare fine-tune depths (and backends, with --backend all): accuracy against step and
     /// wall time, cached against uncached speed; writes plots, a markdown table and JSON.
     Experiment(ExperimentArgs),
-    /// Fill the feature cache for a fine-tune depth without training.
-    Extract(JobArgs),
+    /// Fill the feature cache for a fine-tune depth without training (`--shard I/N`: one of N
+    /// disjoint slices, so N processes or hosts fill a shared cache together).
+    Extract(ExtractArgs),
     /// Evaluate a trained model on a data folder (every image, or one split).
     Eval(EvalArgs),
     /// Classify images with a trained model (top-k classes).
@@ -101,6 +102,17 @@ pub struct JobArgs {
     /// Run the frozen layers at every step instead of caching their output.
     #[arg(long)]
     pub no_cache: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Only the I-th of N disjoint slices of --data (0 ≤ I < N, by the split's path hash), e.g.
+    /// `--shard $SLURM_ARRAY_TASK_ID/8`. Run every shard against one --cache-dir; train then finds
+    /// everything cached.
+    #[arg(long, value_parser = shard)]
+    pub shard: Option<Shard>,
 }
 
 /// `--backbone`.
@@ -356,7 +368,7 @@ impl Cli {
     pub fn apply_globals(&mut self) {
         let data = match &mut self.command {
             Command::Train(a) => &mut a.job.data,
-            Command::Extract(a) => &mut a.data,
+            Command::Extract(a) => &mut a.job.data,
             Command::Experiment(a) => &mut a.data,
             _ => return,
         };
@@ -519,6 +531,10 @@ fn policy(s: &str) -> Result<FreezePolicy, String> {
     s.parse().map_err(|_| format!("expected one of {}", FreezePolicy::NAMES.join(", ")))
 }
 
+fn shard(s: &str) -> Result<Shard, String> {
+    s.parse()
+}
+
 fn speedup_policy(s: &str) -> Result<SpeedupPolicy, String> {
     match s {
         "none" => Ok(SpeedupPolicy(None)),
@@ -539,7 +555,7 @@ fn core_message(e: alexnet_core::Error) -> String {
 pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
     let (sub, data) = match &cli.command {
         Command::Train(a) => ("train", Some(&a.job.data)),
-        Command::Extract(a) => ("extract", Some(&a.data)),
+        Command::Extract(a) => ("extract", Some(&a.job.data)),
         Command::Experiment(a) => ("experiment", (!a.replot).then_some(&a.data)),
         Command::Eval(_) => ("eval", None),
         Command::Predict(_) => ("predict", None),
@@ -560,7 +576,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
     }
     let finetune = match &cli.command {
         Command::Train(a) => a.job.finetune,
-        Command::Extract(a) => a.finetune,
+        Command::Extract(a) => a.job.finetune,
         _ => None,
     };
     if let Some(d) = data {
@@ -599,7 +615,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
             );
         }
     }
-    if let Command::Extract(a) = &cli.command {
+    if let Command::Extract(ExtractArgs { job: a, .. }) = &cli.command {
         if a.no_cache {
             return fail(ErrorKind::ArgumentConflict, "extract fills the feature cache; --no-cache makes no sense here".into());
         }

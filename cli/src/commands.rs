@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use crate::args::{Cli, Command, DataArgs, EvalArgs, JobArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand, default_weights};
+use crate::args::{Cli, Command, DataArgs, EvalArgs, ExtractArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand, default_weights};
 use crate::progress::Bars;
 use crate::{backends, experiment, plots, rundir, weights_cmd};
 use alexnet_core::data::{Dataset, Split};
@@ -178,14 +178,19 @@ fn trained_layers(r: &RunReport) -> String {
     format!("{}–{}", t[0], t[t.len() - 1])
 }
 
-fn extract(backend: &dyn Backend, args: JobArgs) -> Result<()> {
+fn extract(backend: &dyn Backend, args: ExtractArgs) -> Result<()> {
     // --no-cache and --finetune all were refused by args::validate.
-    check_data(&args.data)?;
-    let cfg = args.job_config(resolve_weights(&args.data)?);
+    check_data(&args.job.data)?;
+    let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
+    cfg.shard = args.shard;
     let obs = bars();
     let p = alexnet_core::job::prepare(backend, &cfg, &obs)?;
     let (c, f) = (p.cache.expect("cache enabled"), p.fill.expect("filled"));
     println!("cache: {}", c.dir);
+    if let Some(s) = args.shard {
+        let d = &p.data;
+        println!("shard {s}: {} of {} images ({} train, {} val, {} test)", d.train + d.val + d.test, p.dataset.samples.len(), d.train, d.val, d.test);
+    }
     println!("entries reused: {}, written: {}", c.loaded_entries, c.written_entries);
     if f.extracted_images > 0 {
         println!(

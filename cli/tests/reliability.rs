@@ -128,6 +128,8 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         case(globals(&["--device", "cuda:x"], train(&[])), 2, &["--device", "cuda:N"]),
         case(job("extract", &["--no-cache"]), 2, &["--no-cache"]),
         case(job("extract", &["--finetune", "all"]), 2, &["--finetune all", "nothing to cache"]),
+        case(job("extract", &["--shard", "4/4"]), 2, &["--shard", "below N", "0/4 … 3/4"]),
+        case(job("extract", &["--shard", "2"]), 2, &["--shard", "expected I/N"]),
         case(argv(&["eval", "--model", "run", "--data", "data", "--batch-size", "0"]), 2, &["--batch-size", "≥ 1"]),
         case(argv(&["predict", "--model", "run", "--top-k", "0", "cat.png"]), 2, &["--top-k", "≥ 1"]),
         // Bad inputs: the flags are fine, the files are not (exit status 1).

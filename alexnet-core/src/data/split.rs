@@ -69,16 +69,63 @@ impl SplitConfig {
     /// [`SplitConfig::assign`]; adding photos moves no old one, except an old file that gains an
     /// identical copy with a smaller path. `hashes[i]` is `None` for files not hashed (bad).
     pub fn assign_samples(&self, samples: &[Sample], hashes: &[Option<u128>]) -> Vec<Split> {
-        let mut key: std::collections::HashMap<u128, &str> = std::collections::HashMap::new();
-        for (s, h) in samples.iter().zip(hashes) {
-            if let Some(h) = h {
-                let k = key.entry(*h).or_insert(&s.rel);
-                if s.rel.as_str() < *k {
-                    *k = &s.rel;
-                }
+        group_keys(samples, hashes).into_iter().map(|k| self.assign(k)).collect()
+    }
+}
+
+/// The relative path that decides where each sample goes: its own, or for a group of
+/// byte-identical files (same `hashes[i]`) the smallest path of the group, so copies go together.
+pub fn group_keys<'a>(samples: &'a [Sample], hashes: &[Option<u128>]) -> Vec<&'a str> {
+    let mut key: std::collections::HashMap<u128, &str> = std::collections::HashMap::new();
+    for (s, h) in samples.iter().zip(hashes) {
+        if let Some(h) = h {
+            let k = key.entry(*h).or_insert(&s.rel);
+            if s.rel.as_str() < *k {
+                *k = &s.rel;
             }
         }
-        samples.iter().zip(hashes).map(|(s, h)| self.assign(h.map_or(&s.rel, |h| key[&h]))).collect()
+    }
+    samples.iter().zip(hashes).map(|(s, h)| h.map_or(s.rel.as_str(), |h| key[&h])).collect()
+}
+
+/// The `index`-th of `count` disjoint slices of a data set (`extract --shard I/N`), by the same
+/// path hash as the split: every image (and all its byte-identical copies) is in exactly one
+/// shard, whatever else is in the folder, so N processes fill one feature cache without overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// 0-based: `0/4` … `3/4` (Kubernetes' JOB_COMPLETION_INDEX; Slurm's array task id from 0).
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// Whether the image whose group key ([`group_keys`]) is `key` belongs to this shard.
+    pub fn contains(&self, key: &str) -> bool {
+        // A different seed from the split's hash, so shards are not aligned with splits.
+        xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 0x5348_4152_44) % self.count as u64 == self.index as u64
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N` with 0 ≤ I < N.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected I/N, e.g. 0/4 (shard I of N, counting from 0)"))?;
+        let (index, count) = match (i.trim().parse::<u32>(), n.trim().parse::<u32>()) {
+            (Ok(i), Ok(n)) => (i, n),
+            _ => return Err(format!("{s:?}: expected I/N with whole numbers, e.g. 0/4")),
+        };
+        if count == 0 || index >= count {
+            return Err(format!("{s:?}: the index counts from 0 and must be below N (0/{n} … {}/{n})", count.max(1) - 1, n = count.max(1)));
+        }
+        Ok(Self { index, count })
     }
 }
 
@@ -157,6 +204,38 @@ mod tests {
         let mut back = cfg.assign_samples(&rs, &rh);
         back.reverse();
         assert_eq!(back, got);
+    }
+
+    #[test]
+    fn shards_partition_the_data_and_keep_copies_together() {
+        let s = samples(3000, 0);
+        let mut hashes: Vec<Option<u128>> = (0..3000).map(|i| Some(i as u128)).collect();
+        for i in (7..3000).step_by(7) {
+            hashes[i] = Some(3); // copies of c/3.jpg
+        }
+        let keys = group_keys(&s, &hashes);
+        let shards: Vec<Shard> = (0..4).map(|i| format!("{i}/4").parse().unwrap()).collect();
+        let owner = |k: &str| {
+            let owners: Vec<usize> = (0..4).filter(|j| shards[*j].contains(k)).collect();
+            assert_eq!(owners.len(), 1, "{k} is in shards {owners:?}");
+            owners[0]
+        };
+        let mut sizes = [0usize; 4];
+        for (i, k) in keys.iter().enumerate() {
+            sizes[owner(k)] += 1;
+            if i % 7 == 0 && i > 0 {
+                assert_eq!(owner(k), owner(keys[3]), "copy {i} left c/3.jpg's shard");
+            }
+        }
+        // The copies do not share a shard by chance: by their own paths they would scatter.
+        assert!((7..3000).step_by(7).any(|i| owner(&s[i].rel) != owner(keys[3])));
+        // 3000 − 428 copies over 4 shards: none empty, none above half.
+        assert!(sizes.iter().all(|n| *n > 300 && *n < 1500), "{sizes:?}");
+        for (bad, why) in [("4/4", "below N"), ("1/0", "below N"), ("a/2", "whole numbers"), ("3", "I/N"), ("-1/2", "whole numbers")] {
+            let e = bad.parse::<Shard>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!("2/3".parse::<Shard>().unwrap().to_string(), "2/3");
     }
 
     use Split::{Test as Te, Train as Tr, Val as Va};

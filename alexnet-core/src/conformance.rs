@@ -12,7 +12,21 @@
 //! and prints its worst ratio `|backend − reference| / bound` (run with `--nocapture`).
 //! Checks that a deliberately wrong update rule fails show the bounds are tight enough to matter.
 
+/// Prints a check's detail line on stderr (seen with `cargo test -- --nocapture`), unless
+/// [`selfcheck`] is running, which reports through its table instead.
+macro_rules! note {
+    ($($t:tt)*) => {
+        if !$crate::conformance::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 pub mod net;
+pub mod selfcheck;
+
+/// Silences [`note!`] (set by [`selfcheck::run`]).
+pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 use crate::arch::{AlexNetSpec, LayerId};
 use crate::backend::{Backend, DropoutMasks, ModelConfig, Optimizer, OptimizerConfig, Stage};
@@ -39,6 +53,44 @@ fn cfg(policy: &str) -> ModelConfig {
     ModelConfig::new(policy.parse::<FreezePolicy>().unwrap()).with_seed(7)
 }
 
+/// What the comparisons of one check measured, for [`selfcheck`]'s table: the worst
+/// `|Δ|/bound` and the largest `|Δ|` relative to the reference's largest magnitude.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Measured {
+    pub worst_ratio: f64,
+    pub max_relative: f64,
+}
+
+thread_local! {
+    static MEASURED: std::cell::Cell<Option<Measured>> = const { std::cell::Cell::new(None) };
+}
+
+/// Adds one comparison to this thread's running maximum.
+fn record(ratio: f64, relative: f64) {
+    MEASURED.with(|m| {
+        let old = m.get().unwrap_or_default();
+        m.set(Some(Measured { worst_ratio: old.worst_ratio.max(ratio), max_relative: old.max_relative.max(relative) }));
+    });
+}
+
+/// The maximum recorded on this thread since the last call (`None`: no numeric comparison).
+pub fn take_measured() -> Option<Measured> {
+    MEASURED.with(|m| m.take())
+}
+
+/// `max |got − want| / max |want|`: the error relative to the result's scale (∞ on a mismatch).
+pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+    let d = got.iter().zip(want).fold(0f64, |m, (g, w)| {
+        let d = (*g as f64 - w).abs();
+        if d.is_nan() { f64::INFINITY } else { m.max(d) }
+    });
+    d / scale
+}
+
 /// The worst `|got − want| / bound` over all elements (∞ for a NaN or a shape mismatch).
 pub fn worst_ratio(got: &[f32], want: &[f64], bound: &[f64]) -> f64 {
     if got.len() != want.len() {
@@ -63,7 +115,8 @@ fn assert_within(what: &str, got: &HostTensor, want: &Bounded) -> f64 {
     assert_eq!(got.shape, want.value.shape, "{what}: shape");
     let r = worst_ratio(&got.data, &want.value.data, &want.bound.data);
     let max_diff = got.data.iter().zip(&want.value.data).fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
-    eprintln!("conformance · {what}: worst |Δ|/bound {r:.3e} (max |Δ| {max_diff:.3e})");
+    record(r, relative_error(&got.data, &want.value.data));
+    note!("conformance · {what}: worst |Δ|/bound {r:.3e} (max |Δ| {max_diff:.3e})");
     assert!(r <= 1.0, "{what}: a difference exceeds its f32 rounding bound (worst |Δ|/bound {r:e}, max |Δ| {max_diff:e})");
     r
 }
@@ -106,7 +159,7 @@ fn fc_step_ratios(
     steps: usize,
     rule: Rule,
     restore_before: Option<usize>,
-) -> Vec<(String, f64)> {
+) -> Vec<(String, f64, f64)> {
     let w0 = weights();
     let config = cfg(policy).with_optimizer(opt);
     let mut m = b.build(&w0, &config).unwrap();
@@ -135,7 +188,11 @@ fn fc_step_ratios(
         let prev_ref = reference_w.clone();
         let got = m.train_step(&x, Stage::Cut, &labels, lr).unwrap();
         let step = reference::fc_train_step(&mut reference_w, &config, &mut masks, &mut state, &x, &labels, lr, rule);
-        ratios.push((format!("{policy} step {s}: loss"), worst_ratio(&[got.loss], &[step.loss], &[step.loss_bound])));
+        ratios.push((
+            format!("{policy} step {s}: loss"),
+            worst_ratio(&[got.loss], &[step.loss], &[step.loss_bound]),
+            relative_error(&[got.loss], &[step.loss]),
+        ));
         let now = m.weights().unwrap();
         for layer in config.policy.trainable() {
             for name in [layer.weight_name(), layer.bias_name()] {
@@ -143,7 +200,11 @@ fn fc_step_ratios(
                 let want_t = delta(prev_ref.get(&name).unwrap(), reference_w.get(&name).unwrap());
                 assert!(want_t.iter().any(|v| *v != 0.0), "reference update of {name} is zero");
                 let want: Vec<f64> = want_t.iter().map(|v| *v as f64).collect();
-                ratios.push((format!("{policy} step {s}: update of {name}"), worst_ratio(&got, &want, &step.update_bounds[&name])));
+                ratios.push((
+                    format!("{policy} step {s}: update of {name}"),
+                    worst_ratio(&got, &want, &step.update_bounds[&name]),
+                    relative_error(&got, &want),
+                ));
             }
         }
         for layer in config.policy.frozen() {
@@ -156,17 +217,18 @@ fn fc_step_ratios(
 
 fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>) {
     let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch, restore_before);
-    for (what, r) in &ratios {
-        eprintln!("conformance · {what}: worst |Δ|/bound {r:.3e}");
+    for (what, r, rel) in &ratios {
+        record(*r, *rel);
+        note!("conformance · {what}: worst |Δ|/bound {r:.3e}");
     }
-    let bad: Vec<_> = ratios.iter().filter(|(_, r)| *r > 1.0).collect();
+    let bad: Vec<_> = ratios.iter().filter(|(_, r, _)| *r > 1.0).collect();
     assert!(bad.is_empty(), "differences exceed their f32 rounding bounds: {bad:?}");
 }
 
 /// Shows a wrong update rule fails the same checks: some ratio exceeds 1 by a wide margin.
 fn check_rejects(b: &dyn Backend, policy: &str, opt: OptimizerConfig, rule: Rule) {
-    let worst = fc_step_ratios(b, policy, opt, 2, rule, None).into_iter().map(|(_, r)| r).fold(0f64, f64::max);
-    eprintln!("conformance · {policy} against {rule:?}: worst |Δ|/bound {worst:.3e} (must fail)");
+    let worst = fc_step_ratios(b, policy, opt, 2, rule, None).into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
+    note!("conformance · {policy} against {rule:?}: worst |Δ|/bound {worst:.3e} (must fail)");
     assert!(worst > 10.0, "the bounds cannot tell {rule:?} from the backend's rule (worst ratio {worst})");
 }
 
@@ -303,7 +365,8 @@ pub fn conv_step_follows_the_gradient(b: &dyn Backend) {
         let noise = 64.0 * f64::EPSILON * loss0.abs() / (wp - wm) + 2.0 * reference::U * (a.data[i].abs() as f64) / lr as f64;
         let bound = rho * gmax + noise;
         let r = (g[i] - numeric).abs() / bound;
-        eprintln!("conformance · conv5 gradient [{i}]: step {:e} vs finite difference {numeric:e}, |Δ|/bound {r:.3e}", g[i]);
+        record(r, (g[i] - numeric).abs() / numeric.abs().max(f64::MIN_POSITIVE));
+        note!("conformance · conv5 gradient [{i}]: step {:e} vs finite difference {numeric:e}, |Δ|/bound {r:.3e}", g[i]);
         assert!(r <= 1.0, "conv5 gradient [{i}]: step {:e} vs finite difference {numeric:e} (bound {bound:e})", g[i]);
         // The check can fail: a gradient 0.1% off at these coordinates exceeds the bound.
         assert!(1e-3 * g[i].abs() > bound, "conv5 gradient [{i}]: the bound {bound:e} would not catch a 0.1% error");
@@ -394,15 +457,7 @@ pub fn real_weights_and_photos(b: &dyn Backend, weights_file: &Path, photos: &Pa
         weights_file.display()
     );
     let w = WeightSet::load_pretrained(weights_file, &AlexNetSpec::new(5), 0).unwrap();
-    let pre = Preprocess::default();
-    let files = ["daisy", "roses"].map(|c| {
-        let mut f: Vec<_> = std::fs::read_dir(photos.join(c)).unwrap().map(|e| e.unwrap().path()).collect();
-        f.sort();
-        f[0].clone()
-    });
-    let rows: Vec<Vec<f32>> = files.iter().map(|f| pre.views(f, &[View::Center]).unwrap().1.remove(0)).collect();
-    let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
-    let x = HostTensor::stack(&[3, 224, 224], &refs);
+    let x = sample_photos(photos, 2, &Preprocess::default());
     let want = reference::forward_bounded(&Bounded::exact(&x), &w, 0, 5);
     let mut m = b.build(&w, &cfg("fc6")).unwrap();
     let got = m.extract(&x).unwrap();
@@ -414,6 +469,23 @@ pub fn real_weights_and_photos(b: &dyn Backend, weights_file: &Path, photos: &Pa
     let (gz, wz) = (zeros(&mut got.data.iter().map(|v| *v == 0.0)), zeros(&mut want.value.data.iter().map(|v| *v == 0.0)));
     assert!(gz.abs_diff(wz) <= ambiguous, "pool5 of real photos: {gz} zeros, the reference has {wz} ({ambiguous} within rounding of 0)");
     assert!(wz > 0 && wz < want.value.data.len(), "pool5 of real photos: {wz} of {} zero", want.value.data.len());
+}
+
+/// The first photo (by name) of each of the first `n` class folders (by name) of `photos`,
+/// preprocessed with `pre` (centre crop), as one batch.
+pub fn sample_photos(photos: &Path, n: usize, pre: &Preprocess) -> HostTensor {
+    let ds = crate::data::Dataset::scan(photos).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ds.classes.len() >= n, "{}: {} class folders, the check needs {n}", photos.display(), ds.classes.len());
+    let rows: Vec<Vec<f32>> = (0..n)
+        .map(|c| {
+            let mut files: Vec<_> = ds.samples.iter().filter(|s| s.label == c).map(|s| &s.path).collect();
+            files.sort();
+            pre.views(files[0], &[View::Center]).unwrap_or_else(|e| panic!("{e}")).1.remove(0)
+        })
+        .collect();
+    let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let side = pre.crop as usize;
+    HostTensor::stack(&[3, side, side], &refs)
 }
 
 /// Instantiates the conformance suite for a backend expression, as `#[test]`s in a module.

@@ -28,6 +28,7 @@ use crate::arch::{AlexNetSpec, LayerKind, LayerSpec, MAXPOOL};
 use crate::backend::{DropoutMasks, ModelConfig, Optimizer};
 use crate::tensor::HostTensor;
 use crate::weights::WeightSet;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// Unit roundoff of f32 (round to nearest): 2⁻²⁴.
@@ -90,31 +91,31 @@ fn conv(x: &Act, w: &[f64], wshape: &[usize], b: &[f64], stride: usize, pad: usi
     let ho = (h + 2 * pad - k) / stride + 1;
     let wo = (wd + 2 * pad - k) / stride + 1;
     let mut out = vec![0f64; n * co * ho * wo];
-    for b_ in 0..n {
-        for o in 0..co {
-            for y in 0..ho {
-                for xx in 0..wo {
-                    let mut acc = b[o];
-                    for i in 0..ci {
-                        for ky in 0..k {
-                            let iy = (y * stride + ky) as isize - pad as isize;
-                            if iy < 0 || iy >= h as isize {
+    // One output plane per task; each element's sum runs in the same order as a serial loop.
+    out.par_chunks_mut(ho * wo).enumerate().for_each(|(plane, out)| {
+        let (b_, o) = (plane / co, plane % co);
+        for y in 0..ho {
+            for xx in 0..wo {
+                let mut acc = b[o];
+                for i in 0..ci {
+                    for ky in 0..k {
+                        let iy = (y * stride + ky) as isize - pad as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (xx * stride + kx) as isize - pad as isize;
+                            if ix < 0 || ix >= wd as isize {
                                 continue;
                             }
-                            for kx in 0..k {
-                                let ix = (xx * stride + kx) as isize - pad as isize;
-                                if ix < 0 || ix >= wd as isize {
-                                    continue;
-                                }
-                                acc += w[((o * ci + i) * k + ky) * k + kx] * x.data[((b_ * ci + i) * h + iy as usize) * wd + ix as usize];
-                            }
+                            acc += w[((o * ci + i) * k + ky) * k + kx] * x.data[((b_ * ci + i) * h + iy as usize) * wd + ix as usize];
                         }
                     }
-                    out[((b_ * co + o) * ho + y) * wo + xx] = acc;
                 }
+                out[y * wo + xx] = acc;
             }
         }
-    }
+    });
     Act { shape: vec![n, co, ho, wo], data: out }
 }
 
@@ -142,13 +143,11 @@ fn max_pool(x: &Act) -> Act {
 fn linear(x: &Act, w: &[f64], o_: usize, b: &[f64]) -> Act {
     let (n, i_) = (x.shape[0], x.data.len() / x.shape[0]);
     let mut out = vec![0f64; n * o_];
-    for r in 0..n {
-        let xr = &x.data[r * i_..(r + 1) * i_];
-        for o in 0..o_ {
-            let wr = &w[o * i_..(o + 1) * i_];
-            out[r * o_ + o] = b[o] + wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f64>();
-        }
-    }
+    out.par_iter_mut().enumerate().for_each(|(j, out)| {
+        let (r, o) = (j / o_, j % o_);
+        let (xr, wr) = (&x.data[r * i_..(r + 1) * i_], &w[o * i_..(o + 1) * i_]);
+        *out = b[o] + wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f64>();
+    });
     Act { shape: vec![n, o_], data: out }
 }
 
@@ -417,6 +416,9 @@ pub fn fc_train_step(
             }
             gb[o] = s_b;
             gb_err[o] = quadrature(e_b, gn * (t_b.sqrt() + s_b.abs())) + U * s_b.abs();
+        }
+        // One row of gW per task.
+        gw.par_chunks_mut(i_).zip(gw_err.par_chunks_mut(i_)).enumerate().for_each(|(o, (gw, gw_err))| {
             for i in 0..i_ {
                 let (mut s, mut t, mut e) = (0.0, 0.0, 0.0);
                 for r in 0..n {
@@ -426,30 +428,29 @@ pub fn fc_train_step(
                     t += d * d * hv * hv;
                     e += de * de * hv * hv + d * d * he * he;
                 }
-                gw[o * i_ + i] = s;
-                gw_err[o * i_ + i] = quadrature(e, gn * (t.sqrt() + s.abs())) + U * s.abs();
+                gw[i] = s;
+                gw_err[i] = quadrature(e, gn * (t.sqrt() + s.abs())) + U * s.abs();
             }
-        }
+        });
         grads.push((layers[idx].id, (gw, gw_err), (gb, gb_err)));
         if idx > 0 {
             // dh[r,i] = Σ_o dz[r,o]·w[o,i] (o_ products), then dropout and the ReLU's mask.
             let mut dh =
                 Bounded { value: Act { shape: vec![n, i_], data: vec![0.0; n * i_] }, bound: Act { shape: vec![n, i_], data: vec![0.0; n * i_] } };
             let go = gamma(o_);
-            for r in 0..n {
-                for i in 0..i_ {
-                    let (mut s, mut t, mut e) = (0.0, 0.0, 0.0);
-                    for o in 0..o_ {
-                        let (d, de) = (dz.value.data[r * o_ + o], dz.bound.data[r * o_ + o]);
-                        let (wv_, wer) = (wv[o * i_ + i], we[o * i_ + i]);
-                        s += d * wv_;
-                        t += d * d * wv_ * wv_;
-                        e += de * de * wv_ * wv_ + d * d * wer * wer;
-                    }
-                    dh.value.data[r * i_ + i] = s;
-                    dh.bound.data[r * i_ + i] = quadrature(e, go * (t.sqrt() + s.abs())) + U * s.abs();
+            dh.value.data.par_iter_mut().zip(dh.bound.data.par_iter_mut()).enumerate().for_each(|(j, (v, err))| {
+                let (r, i) = (j / i_, j % i_);
+                let (mut s, mut t, mut e) = (0.0, 0.0, 0.0);
+                for o in 0..o_ {
+                    let (d, de) = (dz.value.data[r * o_ + o], dz.bound.data[r * o_ + o]);
+                    let (wv_, wer) = (wv[o * i_ + i], we[o * i_ + i]);
+                    s += d * wv_;
+                    t += d * d * wv_ * wv_;
+                    e += de * de * wv_ * wv_ + d * d * wer * wer;
                 }
-            }
+                *v = s;
+                *err = quadrature(e, go * (t.sqrt() + s.abs())) + U * s.abs();
+            });
             if let Some(m) = &saved[idx].1 {
                 for ((v, e), m) in dh.value.data.iter_mut().zip(&mut dh.bound.data).zip(m) {
                     *v *= *m as f64;

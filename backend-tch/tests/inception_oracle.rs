@@ -4,7 +4,8 @@
 //! must give the same 2048-d features. The conformance suite checks every backend against the
 //! f64 reference on the same photos, so all three meet this oracle through it.
 
-use alexnet_core::conformance::net::{inception_photos, reference_features};
+use alexnet_core::conformance::net::{inception_preprocess, reference_features};
+use alexnet_core::conformance::sample_photos;
 use alexnet_core::net::inception_v3;
 use alexnet_core::{Backend, paths};
 
@@ -13,7 +14,7 @@ fn described_inception_matches_the_torchscript_archive() {
     let (pt, st) = (paths::default_inception_torchscript(), paths::default_inception_weights());
     assert!(pt.exists() && st.exists(), "{} / {} missing: run `alexnet weights fetch --backbone inception-v3` first", pt.display(), st.display());
     let photos = alexnet_core::conformance::flower_photos(env!("CARGO_MANIFEST_DIR"));
-    let x = inception_photos(&photos, 3);
+    let x = sample_photos(&photos, 3, &inception_preprocess());
     let input = tch::Tensor::from_slice(&x.data).view([3, 3, 299, 299]);
     let module = tch::CModule::load(&pt).unwrap();
     let oracle = tch::no_grad(|| module.forward_ts(&[input])).unwrap();

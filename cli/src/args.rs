@@ -44,9 +44,27 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify images with a trained model (top-k classes).
     Predict(PredictArgs),
+    /// Check that this backend and device compute correctly: the conformance suite against the
+    /// f64 reference (features, logits, SGD/Adam steps, gradients, frozen layers, checkpoints),
+    /// as a pass/fail table with the worst error of each check. Exit status 1 if any fails.
+    Selfcheck(SelfcheckArgs),
     /// Fetch, import or inspect pretrained weights.
     #[command(subcommand)]
     Weights(WeightsCommand),
+}
+
+#[derive(Args)]
+pub struct SelfcheckArgs {
+    /// A folder of class sub-folders: the first photo of two classes feeds the checks on real
+    /// photos (skipped without it).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Pretrained weights for the real-photo check. Default: the --backbone's default file.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Print the results as JSON (one object per backend) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--backend`: the three backends, or all that are built in.
@@ -559,13 +577,14 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
         Command::Experiment(a) => ("experiment", (!a.replot).then_some(&a.data)),
         Command::Eval(_) => ("eval", None),
         Command::Predict(_) => ("predict", None),
+        Command::Selfcheck(_) => ("selfcheck", None),
         Command::Weights(_) => return Ok(()), // no backend, no data
     };
     let fail = |kind, msg: String| Err(usage_error(sub, kind, msg));
     let built = crate::backends::AVAILABLE.join(", ");
     match cli.backend {
-        BackendArg::All if sub != "experiment" => {
-            return fail(ErrorKind::ArgumentConflict, format!("--backend all is for `experiment`; pick one of {built} for `{sub}`"));
+        BackendArg::All if sub != "experiment" && sub != "selfcheck" => {
+            return fail(ErrorKind::ArgumentConflict, format!("--backend all is for `experiment` and `selfcheck`; pick one of {built} for `{sub}`"));
         }
         BackendArg::All if built.is_empty() => return fail(ErrorKind::InvalidValue, "this binary has no backend built in".into()),
         BackendArg::All => {}

@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Extract(args) => extract(&*backends::make(cli.backend.name(), cli.device)?, args),
         Command::Eval(args) => eval(&*backends::make(cli.backend.name(), cli.device)?, args),
         Command::Predict(args) => predict(&*backends::make(cli.backend.name(), cli.device)?, args),
+        Command::Selfcheck(args) => crate::selfcheck::run(&backends::make_many(cli.backend.name(), cli.device)?, cli.backbone.core(), args),
     }
 }
 

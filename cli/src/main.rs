@@ -7,6 +7,7 @@ mod experiment;
 mod plots;
 mod progress;
 mod rundir;
+mod selfcheck;
 mod weights_cmd;
 
 use clap::Parser;

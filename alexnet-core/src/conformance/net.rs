@@ -3,7 +3,7 @@
 
 use super::worst_ratio;
 use crate::Backend;
-use crate::data::{Preprocess, View};
+use crate::data::Preprocess;
 use crate::net::reference::{RefTensor, Reference};
 use crate::net::{Graph, GraphBuilder, InputSpec, Plan, Pool, inception_v3};
 use crate::tensor::HostTensor;
@@ -23,9 +23,9 @@ pub fn check_graph(b: &dyn Backend, what: &str, g: &Graph, cut: &str, weights: &
     let want = reference_features(g, cut, weights, x);
     assert_eq!(got.shape, want.shape, "{what}: shape");
     let r = worst_ratio(&got.data, &want.value, &want.bound);
-    let scale = want.value.iter().fold(0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-    let rel = got.data.iter().zip(&want.value).fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs())) / scale;
-    eprintln!("conformance · {what}: worst |Δ|/bound {r:.3e}, max |Δ|/max|ref| {rel:.3e}");
+    let rel = super::relative_error(&got.data, &want.value);
+    super::record(r, rel);
+    note!("conformance · {what}: worst |Δ|/bound {r:.3e}, max |Δ|/max|ref| {rel:.3e}");
     assert!(r <= 1.0, "{what}: a difference exceeds its f32 rounding bound (worst |Δ|/bound {r:e}, relative {rel:e})");
     (r, rel)
 }
@@ -94,24 +94,9 @@ pub fn inception_real_weights(b: &dyn Backend, weights_file: &Path, photos: &Pat
     assert!(weights_file.exists(), "{} is missing: run `alexnet weights fetch --backbone inception-v3` first", weights_file.display());
     let w = crate::inception_import::read_inception_safetensors(weights_file).unwrap();
     let g = inception_v3(299).unwrap();
-    let x = inception_photos(photos, 2);
+    let x = super::sample_photos(photos, 2, &inception_preprocess());
     let (_, rel) = check_graph(b, "inception-v3 pool3, real weights and photos", &g, "pool3", &w.tensors, &x);
     assert!(rel < 1e-4, "inception-v3 real weights: relative error {rel:e} ≥ 1e-4");
-}
-
-/// The first photo of the first `n` classes, preprocessed for Inception-v3 (centre crop).
-pub fn inception_photos(photos: &Path, n: usize) -> HostTensor {
-    let pre = inception_preprocess();
-    let rows: Vec<Vec<f32>> = ["daisy", "roses", "tulips", "sunflowers", "dandelion"][..n]
-        .iter()
-        .map(|c| {
-            let mut f: Vec<_> = std::fs::read_dir(photos.join(c)).unwrap().map(|e| e.unwrap().path()).collect();
-            f.sort();
-            pre.views(&f[0], &[View::Center]).unwrap().1.remove(0)
-        })
-        .collect();
-    let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
-    HostTensor::stack(&[3, 299, 299], &refs)
 }
 
 /// Inception-v3's preprocessing: shorter side to 299, centre 299 crop, (x − 128)/128.

@@ -101,8 +101,8 @@ pub struct Shard {
 impl Shard {
     /// Whether the image whose group key ([`group_keys`]) is `key` belongs to this shard.
     pub fn contains(&self, key: &str) -> bool {
-        // A different seed from the split's hash, so shards are not aligned with splits.
-        xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 0x5348_4152_44) % self.count as u64 == self.index as u64
+        // Seed "SHARD", not the split's hash, so shards are not aligned with splits.
+        xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 0x0053_4841_5244) % self.count as u64 == self.index as u64
     }
 }
 

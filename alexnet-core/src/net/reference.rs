@@ -7,6 +7,7 @@ use super::run::Kernels;
 use crate::reference::gamma;
 use crate::tensor::HostTensor;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// A tensor of f64 values with per-element bounds.
 #[derive(Debug, Clone)]
@@ -73,54 +74,50 @@ impl Kernels for Reference {
         let k = cig * kh * kw;
         let cog = co / c.groups;
         let plane = oh * ow;
-        let (mut sum, mut sq, mut prop) = (vec![0.0; plane], vec![0.0; plane], vec![0.0; plane]);
-        for ni in 0..n {
-            for o in 0..co {
-                sum.fill(0.0);
-                sq.fill(0.0);
-                prop.fill(0.0);
-                let grp = o / cog;
-                for cl in 0..cig {
-                    let cin = grp * cig + cl;
-                    let xoff = (ni * ci + cin) * h * wd;
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let wv = w.value[((o * cig + cl) * kh + ky) * kw + kx];
-                            for oy in 0..oh {
-                                let iy = (oy * sh + ky) as isize - ph as isize;
-                                if iy < 0 || iy >= h as isize {
+        // One output plane per task, in the same order of accumulation as a serial loop.
+        y.value.par_chunks_mut(plane).zip(y.bound.par_chunks_mut(plane)).enumerate().for_each(|(idx, (yv, yb))| {
+            let (ni, o) = (idx / co, idx % co);
+            let (mut sum, mut sq, mut prop) = (vec![0.0; plane], vec![0.0; plane], vec![0.0; plane]);
+            let grp = o / cog;
+            for cl in 0..cig {
+                let cin = grp * cig + cl;
+                let xoff = (ni * ci + cin) * h * wd;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = w.value[((o * cig + cl) * kh + ky) * kw + kx];
+                        for oy in 0..oh {
+                            let iy = (oy * sh + ky) as isize - ph as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            let row = xoff + iy as usize * wd;
+                            for ox in 0..ow {
+                                let ix = (ox * sw + kx) as isize - pw as isize;
+                                if ix < 0 || ix >= wd as isize {
                                     continue;
                                 }
-                                let row = xoff + iy as usize * wd;
-                                for ox in 0..ow {
-                                    let ix = (ox * sw + kx) as isize - pw as isize;
-                                    if ix < 0 || ix >= wd as isize {
-                                        continue;
-                                    }
-                                    let (xv, xe) = (x.value[row + ix as usize], x.bound[row + ix as usize]);
-                                    let t = wv * xv;
-                                    let p = oy * ow + ox;
-                                    sum[p] += t;
-                                    sq[p] += t * t;
-                                    prop[p] += wv * wv * xe * xe;
-                                }
+                                let (xv, xe) = (x.value[row + ix as usize], x.bound[row + ix as usize]);
+                                let t = wv * xv;
+                                let p = oy * ow + ox;
+                                sum[p] += t;
+                                sq[p] += t * t;
+                                prop[p] += wv * wv * xe * xe;
                             }
                         }
                     }
                 }
-                let bias = b.map_or(0.0, |b| b.value[o]);
-                let off = (ni * co + o) * plane;
-                for p in 0..plane {
-                    let s = sum[p] + bias;
-                    let (mut v, mut e) = (s, affine_bound(k, s, sq[p], bias, prop[p]));
-                    if c.relu {
-                        relu(&mut v, &mut e);
-                    }
-                    y.value[off + p] = v;
-                    y.bound[off + p] = e;
-                }
             }
-        }
+            let bias = b.map_or(0.0, |b| b.value[o]);
+            for p in 0..plane {
+                let s = sum[p] + bias;
+                let (mut v, mut e) = (s, affine_bound(k, s, sq[p], bias, prop[p]));
+                if c.relu {
+                    relu(&mut v, &mut e);
+                }
+                yv[p] = v;
+                yb[p] = e;
+            }
+        });
         Ok(y)
     }
 

@@ -42,6 +42,15 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
 # torchvision module index of each layer, and the features index its block ends at.
+DEV = torch.device("cpu")  # --device
+
+
+def sync():
+    """Waits for the device, so a timed region contains its work (CUDA runs asynchronously)."""
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
 MODULE = ["features.0", "features.3", "features.6", "features.8", "features.10", "classifier.1", "classifier.4", "classifier.6"]
 
 
@@ -161,9 +170,10 @@ def extract(prefix, samples, views_per, batch, seed):
                     cache_arr[i] = load_resized(samples[i][0])
                 rng = None if v == 0 else random.Random(xxhash.xxh3_64_intdigest(f"{seed}/{samples[i][1]}/{v}".encode()))
                 xs.append(crop(cache_arr[i], rng))
-            out = prefix(torch.from_numpy(np.stack(xs)))
+            out = prefix(torch.from_numpy(np.stack(xs)).to(DEV))
             for (i, _), f in zip(chunk, out):
                 feats[i].append(f.clone())
+    sync()
     return feats, len(jobs) / (time.perf_counter() - t0), len(jobs)
 
 
@@ -176,8 +186,8 @@ def evaluate(prefix, head, inputs, cached, batch):
             if cached:
                 x = torch.stack([f[0] for f, _ in chunk])
             else:
-                x = prefix(torch.from_numpy(np.stack([crop(load_resized(p), None) for p, _ in chunk])))
-            y = torch.tensor([l for _, l in chunk])
+                x = prefix(torch.from_numpy(np.stack([crop(load_resized(p), None) for p, _ in chunk])).to(DEV))
+            y = torch.tensor([l for _, l in chunk], device=DEV)
             correct += (head(x).argmax(1) == y).sum().item()
     head.train()
     return correct / max(1, len(inputs))
@@ -188,6 +198,7 @@ def run_policy(args, classes, parts, policy, cached, steps, eval_every):
     random.seed(args.seed)
     model = AlexNet(len(classes))
     loaded = load_weights(model, args.weights)
+    model.to(DEV)
     prefix, head = model.split(policy)
     prefix.eval()
     for p in prefix.parameters():
@@ -227,16 +238,17 @@ def run_policy(args, classes, parts, policy, cached, steps, eval_every):
             if cached:
                 x = torch.stack([train_in[i][0][rng.randrange(len(train_in[i][0]))] for i in idx])
             else:
-                x = torch.from_numpy(np.stack([crop(load_resized(train_in[i][0]), rng) for i in idx]))
+                x = torch.from_numpy(np.stack([crop(load_resized(train_in[i][0]), rng) for i in idx])).to(DEV)
                 with torch.no_grad():
                     x = prefix(x)
-            y = torch.tensor([train_in[i][1] for i in idx])
+            y = torch.tensor([train_in[i][1] for i in idx], device=DEV)
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / steps))
             loss = F.cross_entropy(head(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sync()
             train_s += time.perf_counter() - t0
             step += 1
             samples += len(idx)
@@ -253,6 +265,7 @@ def run_policy(args, classes, parts, policy, cached, steps, eval_every):
         "framework": "pytorch",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(DEV),
         "policy": policy,
         "cut": cut_name(policy),
         "cached": cached,
@@ -352,6 +365,56 @@ def inception(args):
           f"{synthetic:.2f} images/s on random batches of {batch}; {photos:.2f} images/s from {len(files)} JPEGs incl. decoding", flush=True)
 
 
+def synthetic(args):
+    """The benches' work on random inputs, as `cargo bench` times it (batch from --synthetic):
+    extraction to pool5 (images/s), the cached fc6-fc8 SGD step on pool5 features and the
+    uncached fc6 step from images (samples/s), the device synchronised inside each timed region."""
+    rows = []
+    for batch in [int(b) for b in args.synthetic.split(",")]:
+        torch.manual_seed(0)
+        model = AlexNet(5).to(DEV)
+        prefix, head = model.split("fc6")
+        prefix.eval()
+        for p in prefix.parameters():
+            p.requires_grad_(False)
+        opt = torch.optim.SGD(head.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        images = torch.rand(batch, 3, 224, 224, device=DEV) * 2 - 1
+        pool5 = torch.rand(batch, 9216, device=DEV) * 2 - 1
+        y = torch.arange(batch, device=DEV) % 5
+
+        def step(x):
+            loss = F.cross_entropy(head(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def extract():
+            with torch.no_grad():
+                return prefix(images)
+
+        def full():
+            with torch.no_grad():
+                x = prefix(images)
+            step(x)
+
+        row = {"batch": batch, "device": str(DEV), "torch": torch.__version__}
+        for name, f in [("extract", extract), ("head_step", lambda: step(pool5)), ("full_step", full)]:
+            for _ in range(3):
+                f()
+            sync()
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.synthetic_seconds or reps < 3:
+                f()
+                sync()
+                reps += 1
+            row[name] = reps * batch / (time.perf_counter() - t0)
+        rows.append(row)
+        print(f"PyTorch {torch.__version__} on {DEV}, batch {batch}: extract {row['extract']:.1f} images/s, "
+              f"head step {row['head_step']:.1f} samples/s, uncached step {row['full_step']:.1f} samples/s", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
 def main():
     home = Path(os.environ.get("ALEXNET_HOME", Path.home() / ".cache" / "alexnet-rs"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -372,9 +435,18 @@ def main():
     ap.add_argument("--table-only", action="store_true", help="print the comparison from --out's saved PyTorch results without training")
     ap.add_argument("--inception", type=int, default=0, metavar="N",
                     help="instead: time Inception-v3 extraction (TorchScript) on random batches and on the first N photos")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--synthetic", default=None, metavar="B1,B2",
+                    help="instead: time extraction, the cached head step and the uncached step on random inputs at these batch sizes")
+    ap.add_argument("--synthetic-seconds", type=float, default=3.0, help="timed seconds per --synthetic measurement")
     args = ap.parse_args()
+    global DEV
+    DEV = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.synthetic:
+        synthetic(args)
+        return
     if args.inception:
         inception(args)
         return

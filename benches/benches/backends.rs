@@ -14,13 +14,28 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
-const BATCH: usize = 64;
+/// The AlexNet benches' batch: `ALEXNET_BENCH_BATCH` (default 64; e.g. 256 on a GPU).
+fn batch() -> usize {
+    static B: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *B.get_or_init(|| match std::env::var("ALEXNET_BENCH_BATCH") {
+        Ok(v) => v.parse().ok().filter(|b| *b > 0).unwrap_or_else(|| panic!("ALEXNET_BENCH_BATCH={v}: expected a whole number ≥ 1")),
+        Err(_) => 64,
+    })
+}
+
+/// Inception-v3's batch: a quarter of AlexNet's (its images cost ~8× as much at 299×299).
+fn inception_batch() -> usize {
+    (batch() / 4).max(1)
+}
 const PIPELINE: &str = "decode_resize_crop/1thread";
 /// The model benches: (name in ids, table column).
 const MODEL_BENCHES: [&str; 4] = ["extract", "head_step", "full_step", "conv5_step"];
 /// The described networks' frozen prefixes on the core's runner: AlexNet to pool5 (the same work
-/// as `extract`, through the primitive ops) and Inception-v3 to its 2048-d bottleneck.
-const BACKBONE_BENCHES: [(&str, &str, usize); 2] = [("alexnet_graph_extract", "alexnet", 64), ("inception_extract", "inception-v3", 16)];
+/// as `extract`, through the primitive ops) and Inception-v3 to its 2048-d bottleneck, with
+/// their batch sizes.
+fn backbone_benches() -> [(&'static str, &'static str, usize); 2] {
+    [("alexnet_graph_extract", "alexnet", batch()), ("inception_extract", "inception-v3", inception_batch())]
+}
 /// Table columns: the model benches, then the backbone benches.
 const COLUMNS: [&str; 6] = ["extract", "head_step", "full_step", "conv5_step", "alexnet_graph_extract", "inception_extract"];
 /// Seconds per bench beyond warm-up and sampling in the up-front estimate: the probe iteration,
@@ -29,12 +44,12 @@ const COLUMNS: [&str; 6] = ["extract", "head_step", "full_step", "conv5_step", "
 const OVERHEAD_S: f64 = 8.0;
 
 fn model_id(bench: &str, label: &str) -> String {
-    format!("{bench}/{label}/b{BATCH}")
+    format!("{bench}/{label}/b{}", batch())
 }
 
 /// A bench's full id: `alexnet/<bench>/<label>/b64` or `backbone/<net>/extract/<label>/b<N>`.
 fn full_id(bench: &str, label: &str) -> String {
-    match BACKBONE_BENCHES.iter().find(|b| b.0 == bench) {
+    match backbone_benches().iter().find(|b| b.0 == bench) {
         Some((_, net, batch)) => format!("backbone/{net}/extract/{label}/b{batch}"),
         None => format!("alexnet/{}", model_id(bench, label)),
     }
@@ -83,7 +98,10 @@ fn pipeline(c: &mut Criterion, r: &mut Runner) {
     if !r.args.selects(&format!("pipeline/{PIPELINE}")) {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos/daisy");
+    // ALEXNET_BENCH_PHOTOS: a folder of photos where ../shared is not beside the build (a bundle).
+    let root = std::env::var_os("ALEXNET_BENCH_PHOTOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/flower_photos/daisy"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e} (benches read ../shared/data/flower_photos)", root.display()))
         .map(|e| e.unwrap().path())
@@ -111,14 +129,15 @@ fn models(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backen
     alexnet_core::retain_freed_memory();
     let w = weights();
     let spec = AlexNetSpec::new(5);
-    let images = random(vec![BATCH, 3, 224, 224], 1);
-    let pool5 = random(vec![BATCH, 9216], 2);
-    let conv4 = random(vec![BATCH, 256, 13, 13], 3).data.iter().map(|v| v.max(0.0)).collect::<Vec<_>>();
-    let conv4 = alexnet_core::HostTensor::new(vec![BATCH, 256, 13, 13], conv4).unwrap();
+    let batch = batch();
+    let images = random(vec![batch, 3, 224, 224], 1);
+    let pool5 = random(vec![batch, 9216], 2);
+    let conv4 = random(vec![batch, 256, 13, 13], 3).data.iter().map(|v| v.max(0.0)).collect::<Vec<_>>();
+    let conv4 = alexnet_core::HostTensor::new(vec![batch, 256, 13, 13], conv4).unwrap();
     assert_eq!(spec.input_shape(LayerId::Conv5), vec![256, 13, 13]);
-    let y = labels(BATCH);
+    let y = labels(batch);
     let mut g = c.benchmark_group("alexnet");
-    g.throughput(Throughput::Elements(BATCH as u64));
+    g.throughput(Throughput::Elements(batch as u64));
     for b in wanted {
         let name = label(b);
         let mut m = b.build(&w, &config("fc6")).unwrap();
@@ -139,7 +158,7 @@ fn models(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backen
 /// The described backbones' frozen prefixes (seeded weights: speed does not depend on values),
 /// images per second with the device synchronised inside the timed region.
 fn backbones(c: &mut Criterion, r: &mut Runner, run: &[Box<dyn alexnet_core::Backend>]) {
-    for (bench, net, batch) in BACKBONE_BENCHES {
+    for (bench, net, batch) in backbone_benches() {
         let wanted: Vec<&dyn alexnet_core::Backend> =
             run.iter().map(|b| b.as_ref()).filter(|b| r.args.selects(&full_id(bench, &label(*b)))).collect();
         if wanted.is_empty() {
@@ -225,10 +244,12 @@ fn write_summary(args: &Args, dir: &std::path::Path, started: SystemTime, ran: &
     let table = Table {
         title: format!("alexnet-benches: {}, {}", summary::utc_stamp(started), summary::machine()),
         notes: vec![format!(
-            "Batch {BATCH} (Inception-v3: 16 at 299×299), random inputs and, for the backbone columns, seeded weights; \
+            "Batch {batch} (Inception-v3: {inception} at 299×299), random inputs and, for the backbone columns, seeded weights; \
              `alexnet_graph_extract` is `extract`'s work through the core's graph runner and primitive ops. Features: {}. Arguments: {}.",
             if features.is_empty() { "none".to_string() } else { features.join(", ") },
-            if flags.is_empty() { "none (sized per bench)".to_string() } else { format!("`{}`", flags.join(" ")) }
+            if flags.is_empty() { "none (sized per bench)".to_string() } else { format!("`{}`", flags.join(" ")) },
+            batch = batch(),
+            inception = inception_batch(),
         )],
         rows: &rows,
         columns: &COLUMNS,

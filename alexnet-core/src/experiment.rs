@@ -3,6 +3,8 @@
 //! feature cache against running the frozen layers at every step.
 
 use crate::backend::Backend;
+use crate::data::Fold;
+use crate::metrics::Spread;
 use crate::freeze::FreezePolicy;
 use crate::job::{JobConfig, run};
 use crate::observer::Observer;
@@ -35,10 +37,22 @@ pub struct ExperimentConfig {
     /// Run the AlexNet depths (`policies`); off when only other backbones are compared.
     #[serde(default = "yes")]
     pub alexnet: bool,
+    /// K-fold cross-validation: every setting runs K times, fold k of K the test part each time
+    /// (validation carved from the rest); 0 uses the configured split once.
+    #[serde(default)]
+    pub folds: u32,
+    /// Runs per setting (and fold) with seeds offset by 0, 1, …: initialisation, shuffling,
+    /// cached views and dropout all change.
+    #[serde(default = "one")]
+    pub repeats: u64,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl ExperimentConfig {
@@ -54,8 +68,27 @@ impl ExperimentConfig {
             no_cache_steps: 20,
             backbone_jobs: vec![],
             alexnet: true,
+            folds: 0,
+            repeats: 1,
         }
     }
+
+    /// Each setting's runs: (test fold, repeat), folds outermost.
+    pub fn variants(&self) -> Vec<(Option<Fold>, u64)> {
+        let folds: Vec<Option<Fold>> =
+            if self.folds == 0 { vec![None] } else { (0..self.folds).map(|index| Some(Fold { index, count: self.folds })).collect() };
+        folds.into_iter().flat_map(|f| (0..self.repeats).map(move |r| (f, r))).collect()
+    }
+}
+
+/// `job` as run `repeat` on `fold`: the fold as its test part, every seed offset by `repeat`.
+fn with_variant(mut job: JobConfig, fold: Option<Fold>, repeat: u64) -> JobConfig {
+    job.split.fold = fold;
+    job.init_seed += repeat;
+    job.model.seed += repeat;
+    job.train.seed += repeat;
+    job.cache.view_seed += repeat;
+    job
 }
 
 impl ExperimentConfig {
@@ -77,6 +110,12 @@ impl ExperimentConfig {
         }
         if !self.alexnet && self.backbone_jobs.is_empty() {
             return bad("nothing to run: no AlexNet depth and no other backbone");
+        }
+        if self.folds == 1 {
+            return bad("--folds 1 leaves nothing to train on: use K ≥ 2 folds, or leave --folds out for the one split");
+        }
+        if self.repeats == 0 {
+            return bad("--repeats must be at least 1");
         }
         self.base.validate()?;
         for j in &self.backbone_jobs {
@@ -125,6 +164,11 @@ pub struct ExperimentReport {
     pub steps: usize,
     pub eval_every: usize,
     pub batch_size: usize,
+    /// Test folds per setting (0: the one configured split) and repeats per fold.
+    #[serde(default)]
+    pub folds: u32,
+    #[serde(default = "one")]
+    pub repeats: u64,
     pub runs: Vec<RunReport>,
     pub cache_speedups: Vec<CacheSpeedup>,
 }
@@ -143,22 +187,37 @@ pub fn run_experiment(
         steps: cfg.steps,
         eval_every: cfg.eval_every,
         batch_size: cfg.base.train.batch_size,
+        folds: cfg.folds,
+        repeats: cfg.repeats,
         runs: vec![],
         cache_speedups: vec![],
+    };
+    let variants = cfg.variants();
+    let label = |fold: Option<Fold>, r: u64| match (fold, cfg.repeats > 1) {
+        (None, false) => String::new(),
+        (None, true) => format!(" · repeat {}/{}", r + 1, cfg.repeats),
+        (Some(f), false) => format!(" · test fold {f}"),
+        (Some(f), true) => format!(" · test fold {f}, repeat {}/{}", r + 1, cfg.repeats),
     };
     for backend in backends {
         let policies: &[FreezePolicy] = if cfg.alexnet { &cfg.policies } else { &[] };
         for policy in policies {
-            obs.message(&format!("experiment: {} · fine-tune {policy} · {} steps", backend.name(), cfg.steps));
-            let (report, _) = run(*backend, &job_for(cfg, &cfg.base, *policy, cfg.steps, true), obs)?;
-            rep.runs.push(report);
-            on_run(&rep);
+            for &(fold, r) in &variants {
+                obs.message(&format!("experiment: {} · fine-tune {policy} · {} steps{}", backend.name(), cfg.steps, label(fold, r)));
+                let (mut report, _) = run(*backend, &with_variant(job_for(cfg, &cfg.base, *policy, cfg.steps, true), fold, r), obs)?;
+                report.repeat = r;
+                rep.runs.push(report);
+                on_run(&rep);
+            }
         }
         for job in &cfg.backbone_jobs {
-            obs.message(&format!("experiment: {} · {} · new head · {} steps", backend.name(), job.backbone, cfg.steps));
-            let (report, _) = run(*backend, &job_for(cfg, job, job.model.policy, cfg.steps, true), obs)?;
-            rep.runs.push(report);
-            on_run(&rep);
+            for &(fold, r) in &variants {
+                obs.message(&format!("experiment: {} · {} · new head · {} steps{}", backend.name(), job.backbone, cfg.steps, label(fold, r)));
+                let (mut report, _) = run(*backend, &with_variant(job_for(cfg, job, job.model.policy, cfg.steps, true), fold, r), obs)?;
+                report.repeat = r;
+                rep.runs.push(report);
+                on_run(&rep);
+            }
         }
         if let Some(policy) = cfg.no_cache_policy.filter(|p| cfg.alexnet && p.has_frozen_prefix()) {
             let cached = match rep.runs.iter().find(|r| r.backend == backend.name() && r.policy == policy.to_string()) {
@@ -195,16 +254,132 @@ fn job_for(cfg: &ExperimentConfig, base: &JobConfig, policy: FreezePolicy, steps
     job
 }
 
+/// The runs of one setting (backbone, backend, fine-tune depth) over folds and repeats, and the
+/// spread of their test accuracies.
+#[derive(Debug, Clone)]
+pub struct Group<'a> {
+    pub backbone: String,
+    pub backend: String,
+    pub policy: String,
+    pub runs: Vec<&'a RunReport>,
+    /// Test accuracy (at the best validation point) over the runs.
+    pub spread: Spread,
+    /// All test images of all runs pooled: correct / total (with folds, every image once).
+    pub pooled: (u64, u64),
+}
+
+impl Group<'_> {
+    /// `alexnet fc6`, or `tch · alexnet fc6` when several backends ran.
+    pub fn label(&self, with_backend: bool) -> String {
+        let what = format!("{} {}", self.backbone, self.policy);
+        if with_backend { format!("{} · {what}", self.backend) } else { what }
+    }
+}
+
+/// A run's place among its setting's runs, for matching runs across settings.
+fn variant(r: &RunReport) -> (Option<Fold>, u64) {
+    (r.fold, r.repeat)
+}
+
 impl ExperimentReport {
+    /// The runs grouped by setting, in the order the settings first ran.
+    pub fn groups(&self) -> Vec<Group<'_>> {
+        let mut out: Vec<Group<'_>> = Vec::new();
+        for r in &self.runs {
+            let (backbone, policy) = (r.backbone.to_string(), r.policy.clone());
+            match out.iter_mut().find(|g| g.backbone == backbone && g.backend == r.backend && g.policy == policy) {
+                Some(g) => g.runs.push(r),
+                None => out.push(Group {
+                    backbone,
+                    backend: r.backend.clone(),
+                    policy,
+                    runs: vec![r],
+                    spread: Spread::of(&[0.0]).expect("one value"),
+                    pooled: (0, 0),
+                }),
+            }
+        }
+        for g in &mut out {
+            let acc: Vec<f64> = g.runs.iter().map(|r| r.test.accuracy).collect();
+            g.spread = Spread::of(&acc).expect("at least one run");
+            g.pooled = g.runs.iter().fold((0, 0), |(c, n), r| (c + (r.test.accuracy * r.test.samples as f64).round() as u64, n + r.test.samples));
+        }
+        out
+    }
+
+    /// The spread of each setting over folds/repeats, then each setting's paired difference to
+    /// the best setting of its backend (matched fold by fold, seed by seed), with its 95% interval.
+    fn spread_tables(&self, s: &mut String) {
+        let groups = self.groups();
+        if groups.iter().all(|g| g.runs.len() < 2) {
+            return;
+        }
+        let several = groups.iter().any(|g| g.backend != groups[0].backend);
+        let how = match (self.folds, self.repeats) {
+            (0, r) => format!("{r} repeats (seeds) on one split"),
+            (k, 1) => format!("{k} test folds"),
+            (k, r) => format!("{k} test folds × {r} repeats"),
+        };
+        let _ = writeln!(s, "\nTest accuracy over {how} (the test score of each run is at its best validation point):\n");
+        let _ = writeln!(s, "| setting | runs | mean | sd | 95% interval of the mean | pooled test images |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for g in &groups {
+            let sp = g.spread;
+            let ci = if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2}% | {:.2} | {ci} | {:.2}% ({} of {}) |",
+                g.label(several),
+                sp.n,
+                100.0 * sp.mean,
+                100.0 * sp.sd,
+                100.0 * g.pooled.0 as f64 / g.pooled.1.max(1) as f64,
+                g.pooled.0,
+                g.pooled.1
+            );
+        }
+        let mut rows = Vec::new();
+        for backend in groups.iter().map(|g| g.backend.as_str()).collect::<std::collections::BTreeSet<_>>() {
+            let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
+            let best = mine.iter().max_by(|a, b| a.spread.mean.total_cmp(&b.spread.mean)).expect("a group");
+            for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
+                let diffs: Vec<f64> = g
+                    .runs
+                    .iter()
+                    .filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).map(|b| r.test.accuracy - b.test.accuracy))
+                    .collect();
+                if let Some(d) = Spread::of(&diffs).filter(|d| d.n > 1) {
+                    rows.push(format!(
+                        "| {} | {} | {:+.2} | {:+.2} to {:+.2} | {} |",
+                        g.label(several),
+                        best.label(several),
+                        100.0 * d.mean,
+                        100.0 * d.ci95.0,
+                        100.0 * d.ci95.1,
+                        if d.excludes_zero() { "yes" } else { "no" }
+                    ));
+                }
+            }
+        }
+        if !rows.is_empty() {
+            let _ = writeln!(s, "\nPaired differences to the best setting (same folds and seeds; points of accuracy):\n");
+            let _ = writeln!(s, "| setting | best | mean difference | 95% interval | significant |");
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for r in rows {
+                let _ = writeln!(s, "{r}");
+            }
+        }
+    }
+
     /// A markdown table: per run, best-validation test accuracy, best test accuracy seen, and
-    /// the times; then the cache speed-ups.
+    /// the times; then the spread over folds/repeats and the cache speed-ups.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| backbone | backend | fine-tune | trains | test acc. (best val; 95% interval) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
+            "| backbone | backend | fine-tune | trains | run | test acc. (best val; 95% interval) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
             let policy: FreezePolicy = r.policy.parse().unwrap_or_default();
             let t = policy.trainable();
@@ -212,12 +387,18 @@ impl ExperimentReport {
             let steps = r.curve.last().map(|p| p.step).unwrap_or(0);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {}–{} | {:.2}% ({:.1}–{:.1}) | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {}–{} | {} | {:.2}% ({:.1}–{:.1}) | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
                 r.backbone,
                 r.backend,
                 r.policy,
                 t[0],
                 t[t.len() - 1],
+                match (r.fold, self.repeats > 1) {
+                    (None, false) => "–".to_string(),
+                    (None, true) => format!("seed +{}", r.repeat),
+                    (Some(f), false) => format!("fold {f}"),
+                    (Some(f), true) => format!("fold {f}, seed +{}", r.repeat),
+                },
                 100.0 * r.test.accuracy,
                 100.0 * r.test.interval95().0,
                 100.0 * r.test.interval95().1,
@@ -229,6 +410,7 @@ impl ExperimentReport {
                 r.timings.extract_views_per_second.map_or("–".into(), |v| format!("{v:.1}")),
             );
         }
+        self.spread_tables(&mut s);
         if !self.cache_speedups.is_empty() {
             let _ = writeln!(s);
             let _ = writeln!(s, "| backend | fine-tune | cached samples/s | uncached samples/s | cache speed-up |");

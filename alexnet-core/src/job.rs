@@ -456,6 +456,8 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         best_step: out.best_step,
         val,
         test,
+        fold: cfg.split.fold,
+        repeat: 0,
     };
     Ok((report, out.best))
 }

@@ -109,6 +109,55 @@ pub fn wilson95(p: f64, n: u64) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// Mean, sample standard deviation and the 95% Student-t interval of the mean of `n` values
+/// (several folds or repeats of one setting).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub n: usize,
+    pub mean: f64,
+    /// Sample standard deviation (n − 1); 0 for one value.
+    pub sd: f64,
+    /// 95% interval of the mean, `mean ± t(0.975, n−1)·sd/√n`; the whole line for one value.
+    pub ci95: (f64, f64),
+}
+
+impl Spread {
+    /// `None` for no values.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        if n == 1 {
+            return Some(Self { n, mean, sd: 0.0, ci95: (f64::NEG_INFINITY, f64::INFINITY) });
+        }
+        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        let half = t975(n - 1) * sd / (n as f64).sqrt();
+        Some(Self { n, mean, sd, ci95: (mean - half, mean + half) })
+    }
+
+    /// Whether the interval excludes 0 (for a spread of paired differences: a real difference).
+    pub fn excludes_zero(&self) -> bool {
+        self.ci95.0 > 0.0 || self.ci95.1 < 0.0
+    }
+}
+
+/// Student's t 0.975 quantile with `df` degrees of freedom (tables to 30, then the
+/// Cornish–Fisher expansion z + (z³ + z)/(4·df), within 0.001 of the exact value there).
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093,
+        2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    let z = 1.959_964;
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        _ => z + (z * z * z + z) / (4.0 * df as f64),
+    }
+}
+
 impl From<Confusion> for EvalMetrics {
     fn from(c: Confusion) -> Self {
         Self { accuracy: c.accuracy(), per_class_accuracy: c.per_class(), samples: c.total(), confusion: c }
@@ -128,6 +177,24 @@ mod tests {
         let (lo, hi) = wilson95(348.0 / 378.0, 378);
         assert!(lo < 0.9206 && hi > 0.9206 && (hi - lo) > 0.05 && (hi - lo) < 0.06, "{lo} {hi}");
         assert_eq!(wilson95(1.0, 0), (0.0, 1.0));
+    }
+
+    #[test]
+    fn spread_and_t_interval() {
+        // Five folds: mean 0.88, sd 0.01 (the values are 0.88 ± √(2·0.0001)…): by hand.
+        let v = [0.87, 0.88, 0.89, 0.875, 0.885];
+        let s = Spread::of(&v).unwrap();
+        assert!((s.mean - 0.88).abs() < 1e-12);
+        let sd = (v.iter().map(|x| (x - 0.88f64).powi(2)).sum::<f64>() / 4.0).sqrt();
+        assert!((s.sd - sd).abs() < 1e-12);
+        let half = 2.776 * sd / 5f64.sqrt();
+        assert!((s.ci95.0 - (0.88 - half)).abs() < 1e-12 && (s.ci95.1 - (0.88 + half)).abs() < 1e-12);
+        assert!(s.excludes_zero());
+        assert!(!Spread::of(&[-0.01, 0.02, 0.0]).unwrap().excludes_zero());
+        assert!(Spread::of(&[]).is_none());
+        assert!(!Spread::of(&[0.9]).unwrap().excludes_zero(), "one value says nothing about the spread");
+        // The expansion continues the table smoothly (exact t(0.975, 40) = 2.0211).
+        assert!((t975(40) - 2.0211).abs() < 1e-3 && t975(31) < t975(30) && t975(1000) > 1.96);
     }
 
     #[test]

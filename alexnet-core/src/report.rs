@@ -106,6 +106,12 @@ pub struct RunReport {
     pub best_step: usize,
     pub val: EvalMetrics,
     pub test: EvalMetrics,
+    /// The cross-validation fold that was the test part (`experiment --folds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<crate::data::Fold>,
+    /// Which repeat (seed offset) of its setting this run is (`experiment --repeats`; 0 alone).
+    #[serde(default)]
+    pub repeat: u64,
 }
 
 /// Where the cache was and what it did.

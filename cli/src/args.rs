@@ -298,6 +298,15 @@ pub struct ExperimentArgs {
     /// Training steps per depth.
     #[arg(long, default_value_t = 300, value_parser = at_least_one::<usize>)]
     pub steps: usize,
+    /// K-fold cross-validation (K ≥ 2): every depth runs K times, each of K disjoint folds (by the
+    /// split's path hash) the test part once, validation carved from the rest (--val-percent of
+    /// it); the table gives mean, sd and 95% intervals, and paired differences between depths.
+    #[arg(long, value_parser = folds)]
+    pub folds: Option<u32>,
+    /// Runs per depth (and fold) with seeds --seed, --seed+1, …: initialisation, shuffling,
+    /// cached views and dropout change (new views are extracted once per seed).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<u64>)]
+    pub repeats: u64,
     /// Evaluate val and test every N steps (default: steps/10).
     #[arg(long, value_parser = at_least_one::<usize>)]
     pub eval_every: Option<usize>,
@@ -427,7 +436,7 @@ impl DataArgs {
         cfg.weights = weights;
         cfg.init_seed = self.seed;
         cfg.allow_random_frozen = self.allow_random_frozen;
-        cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent };
+        cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent, fold: None };
         cfg.backbone = self.backbone.core();
         cfg.head_hidden = self.head_hidden;
         cfg.preprocess = self.preprocess();
@@ -549,6 +558,14 @@ fn policy(s: &str) -> Result<FreezePolicy, String> {
     s.parse().map_err(|_| format!("expected one of {}", FreezePolicy::NAMES.join(", ")))
 }
 
+/// `--folds`: at least 2.
+fn folds(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(k) if k >= 2 => Ok(k),
+        _ => Err("expected a whole number ≥ 2 (each fold is the test part once; leave it out for the one split)".into()),
+    }
+}
+
 fn shard(s: &str) -> Result<Shard, String> {
     s.parse()
 }
@@ -623,7 +640,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
         if p.crop > p.resize {
             return fail(ErrorKind::ArgumentConflict, format!("--crop {} must be no larger than --resize {}", p.crop, p.resize));
         }
-        let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent };
+        let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent, fold: None };
         split.validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
         if backbone != Backbone::AlexNet && d.no_pretrained {
             return fail(

@@ -40,6 +40,8 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     if let Some(k) = args.eval_every {
         cfg.eval_every = k;
     }
+    cfg.folds = args.folds.unwrap_or(0);
+    cfg.repeats = args.repeats;
     cfg.no_cache_policy = args.speedup_policy.0;
     cfg.no_cache_steps = args.no_cache_steps;
     // Other backbones: the same data, split, seed and budget; their own weights, preprocessing,
@@ -59,8 +61,14 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
     let mut policies: Vec<String> = if cfg.alexnet { cfg.policies.iter().map(|p| format!("alexnet {p}")).collect() } else { vec![] };
     policies.extend(cfg.backbone_jobs.iter().map(|j| format!("{} head", j.backbone)));
+    let runs = match (cfg.folds, cfg.repeats) {
+        (0, 1) => String::new(),
+        (0, r) => format!(" · {r} repeats each"),
+        (k, 1) => format!(" · {k} test folds each"),
+        (k, r) => format!(" · {k} test folds × {r} repeats each"),
+    };
     eprintln!(
-        "alexnet experiment · backends {} · depths {} · {} steps each, evaluated every {} · writing {}",
+        "alexnet experiment · backends {} · depths {} · {} steps each, evaluated every {}{runs} · writing {}",
         names.join(", "),
         policies.join(", "),
         cfg.steps,
@@ -104,15 +112,31 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     }
     let several = rep.runs.iter().any(|r| r.backend != rep.runs[0].backend);
     let backbones = rep.runs.iter().any(|r| r.backbone != rep.runs[0].backbone);
+    let groups = rep.groups();
+    // One curve per setting: the mean over its folds/repeats at each evaluation step, shaded
+    // from the lowest to the highest run (a single run is its own curve).
     let series = |x: &dyn Fn(&alexnet_core::report::RunReport, &alexnet_core::report::CurvePoint) -> f64| -> Vec<Series> {
-        rep.runs
+        groups
             .iter()
-            .map(|r| {
-                let what = if backbones { format!("{} {}", r.backbone, r.policy) } else { r.policy.clone() };
-                Series {
-                    name: if several { format!("{} · {what}", r.backend) } else { what },
-                    points: r.curve.iter().filter_map(|p| p.test_accuracy.map(|a| (x(r, p), a))).collect(),
+            .map(|g| {
+                let what = if backbones { format!("{} {}", g.backbone, g.policy) } else { g.policy.clone() };
+                let n = g.runs.len();
+                let name = if several { format!("{} · {what}", g.backend) } else { what };
+                let name = if n > 1 { format!("{name} (mean of {n}, range shaded)") } else { name };
+                let steps = g.runs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
+                let (mut points, mut band) = (vec![], vec![]);
+                for i in 0..steps {
+                    let at: Vec<(f64, f64)> =
+                        g.runs.iter().filter_map(|r| r.curve[i].test_accuracy.map(|a| (x(r, &r.curve[i]), a))).collect();
+                    if at.len() < n {
+                        continue;
+                    }
+                    let xm = at.iter().map(|p| p.0).sum::<f64>() / n as f64;
+                    let acc = at.iter().map(|p| p.1);
+                    points.push((xm, acc.clone().sum::<f64>() / n as f64));
+                    band.push((xm, acc.clone().fold(1.0, f64::min), acc.fold(0.0, f64::max)));
                 }
+                Series { name, points, band: if n > 1 { band } else { vec![] } }
             })
             .collect()
     };

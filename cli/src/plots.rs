@@ -51,10 +51,18 @@ pub fn both(base: &Path, size: (u32, u32), fig: &impl Figure) -> Result<Vec<Path
     Ok(vec![svg, png])
 }
 
-/// One named series of (x, y) points.
+/// One named series of (x, y) points, with an optional band (x, low, high) drawn shaded behind
+/// it (the range over folds or repeats).
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    pub band: Vec<(f64, f64, f64)>,
+}
+
+impl Series {
+    pub fn line(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Self { name: name.into(), points, band: vec![] }
+    }
 }
 
 /// A line chart of several series.
@@ -72,7 +80,8 @@ impl Figure for LineChart<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).collect();
+        let band_points = self.series.iter().flat_map(|s| s.band.iter().flat_map(|(x, lo, hi)| [(*x, *lo), (*x, *hi)]));
+        let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).chain(band_points).collect();
         let x_max = all.iter().map(|p| p.0).fold(1e-9, f64::max);
         let (y_min, y_max) = self.y_range.unwrap_or_else(|| {
             let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
@@ -87,6 +96,12 @@ impl Figure for LineChart<'_> {
             .build_cartesian_2d(0f64..x_max, y_min..y_max)
             .map_err(|e| anyhow!("{e}"))?;
         chart.configure_mesh().x_desc(self.x_label).y_desc(self.y_label).label_style(("sans-serif", 13)).draw().map_err(|e| anyhow!("{e}"))?;
+        for (i, s) in self.series.iter().enumerate() {
+            if s.band.len() > 1 {
+                let outline: Vec<(f64, f64)> = s.band.iter().map(|b| (b.0, b.2)).chain(s.band.iter().rev().map(|b| (b.0, b.1))).collect();
+                chart.draw_series(std::iter::once(Polygon::new(outline, Palette99::pick(i).mix(0.18).filled()))).map_err(|e| anyhow!("{e}"))?;
+            }
+        }
         for (i, s) in self.series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
@@ -114,11 +129,11 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
         report.curve.iter().filter_map(|p| f(p).map(|v| (p.step as f64, v))).collect()
     };
     let acc = [
-        Series { name: "train (running)".into(), points: pts(&|p| Some(p.train_accuracy)) },
-        Series { name: "validation".into(), points: pts(&|p| p.val_accuracy) },
-        Series { name: "test".into(), points: pts(&|p| p.test_accuracy) },
+        Series::line("train (running)", pts(&|p| Some(p.train_accuracy))),
+        Series::line("validation", pts(&|p| p.val_accuracy)),
+        Series::line("test", pts(&|p| p.test_accuracy)),
     ];
-    let loss = [Series { name: "train loss".into(), points: pts(&|p| Some(p.train_loss as f64)) }];
+    let loss = [Series::line("train loss", pts(&|p| Some(p.train_loss as f64)))];
     let title = format!("{} · fine-tune {} · {}", report.backend, report.policy, report.device);
     both(
         base,

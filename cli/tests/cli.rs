@@ -148,3 +148,45 @@ fn experiment_compares_depths_and_backends() {
     assert!(md.contains("| candle | conv5 | conv5–fc8 |") && md.contains("| burn | fc6 | fc6–fc8 |"), "{md}");
     assert!(stdout.contains("cache speed-up"), "{stdout}");
 }
+
+#[test]
+fn experiment_folds_and_repeats_give_spreads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6);
+    let out_dir = tmp.path().join("exp");
+    let w = pretrained_weights();
+    let (d, o, wp) = (data.to_str().unwrap(), out_dir.to_str().unwrap(), w.to_str().unwrap());
+    let args = [
+        "experiment", "--data", d, "--weights", wp, "--policies", "fc6,fc8", "--allow-random-frozen", "--folds", "3", "--repeats", "2",
+        "--steps", "2", "--eval-every", "1", "--speedup-policy", "none", "--batch-size", "6", "--cache-views", "1", "--out", o,
+    ];
+    let out = alexnet(&args, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("experiment.json")).unwrap()).unwrap();
+    let runs = rep["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2 * 3 * 2);
+    // Per depth and repeat, the three test folds are disjoint and cover every image once.
+    for policy in ["fc6", "fc8"] {
+        for repeat in 0..2 {
+            let mine: Vec<&serde_json::Value> = runs.iter().filter(|r| r["policy"] == policy && r["repeat"] == repeat).collect();
+            let folds: Vec<u64> = mine.iter().map(|r| r["fold"]["index"].as_u64().unwrap()).collect();
+            assert_eq!(folds, [0, 1, 2], "{policy} repeat {repeat}");
+            let tested: u64 = mine.iter().map(|r| r["data"]["test"].as_u64().unwrap()).sum();
+            let all = mine[0]["data"]["train"].as_u64().unwrap() + mine[0]["data"]["val"].as_u64().unwrap() + mine[0]["data"]["test"].as_u64().unwrap();
+            assert_eq!(tested, all, "{policy} repeat {repeat}");
+        }
+    }
+    // Repeats change the seeds (and so the cached views' cache folder).
+    let seeds: Vec<u64> = runs.iter().take(2).map(|r| r["config"]["init_seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [0, 1]);
+    let md = std::fs::read_to_string(out_dir.join("experiment.md")).unwrap();
+    assert!(md.contains("Test accuracy over 3 test folds × 2 repeats"), "{md}");
+    assert!(md.contains("| alexnet fc6 | 6 |") && md.contains("| alexnet fc8 | 6 |"), "{md}");
+    assert!(md.contains("Paired differences to the best setting"), "{md}");
+    assert!(md.contains("| fold 2/3, seed +1 |"), "{md}");
+    for f in ["accuracy_vs_step.png", "accuracy_vs_time.svg"] {
+        assert!(out_dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(out_dir.join("accuracy_vs_step.svg")).unwrap();
+    assert!(svg.contains("mean of 6, range shaded") && svg.contains("<polygon"), "no band in the plot");
+}

@@ -118,6 +118,8 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         case(train(&["--backbone", "inception-v3"]), 2, &["--no-pretrained", "inception-v3", "needs its pretrained weights"]),
         case(job("experiment", &["--backbones", "alexnet,vgg"]), 2, &["--backbones", "vgg"]),
         case(job("experiment", &["--steps", "0"]), 2, &["--steps", "≥ 1"]),
+        case(job("experiment", &["--folds", "1"]), 2, &["--folds", "≥ 2"]),
+        case(job("experiment", &["--repeats", "0"]), 2, &["--repeats", "≥ 1"]),
         case(job("experiment", &["--no-cache-steps", "0"]), 2, &["--no-cache-steps", "≥ 1"]),
         case(job("experiment", &["--eval-every", "0"]), 2, &["--eval-every", "≥ 1"]),
         case(job("experiment", &["--policies", "fc6,conv9"]), 2, &["--policies", "conv9"]),

@@ -10,4 +10,4 @@ pub use check::{Duplicates, FileCheck, OnConflict, check_files};
 pub use dataset::{Dataset, Sample};
 pub use loader::Prefetcher;
 pub use preprocess::{DecodedImage, Preprocess, View};
-pub use split::{Shard, Split, SplitConfig, group_keys};
+pub use split::{Fold, Shard, Split, SplitConfig, group_keys};

@@ -13,18 +13,41 @@ pub enum Split {
     Test,
 }
 
-/// Percentages for validation and test; the rest trains.
+/// Percentages for validation and test; the rest trains. With a [`Fold`], the fold is the test
+/// part and `val_percent` is the share of the remaining images held out for validation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SplitConfig {
     pub val_percent: f64,
     pub test_percent: f64,
+    /// K-fold cross-validation: this fold is the test part (`test_percent` is then unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<Fold>,
 }
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { val_percent: 10.0, test_percent: 10.0 }
+        Self { val_percent: 10.0, test_percent: 10.0, fold: None }
     }
 }
+
+/// Fold `index` of `count` disjoint test folds (`experiment --folds K`): the images whose split
+/// bucket (the same path hash as the split, 10,000 buckets) lies in the fold's `1/count` of the
+/// bucket range. Fold 0 of 10 is exactly the default 10% test split. Validation is carved from
+/// the other folds by a second, independent hash, so every fold trains and selects the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::fmt::Display for Fold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The seed of the hash that carves validation from the training folds ("VALID").
+const VAL_SEED: u64 = 0x0056_414c_4944;
 
 impl SplitConfig {
     /// Checks the percentages: each in [0, 100), and together under 100 so something trains.
@@ -33,6 +56,12 @@ impl SplitConfig {
             if !(0.0..100.0).contains(&p) {
                 return Err(Error::Config(format!("{flag} {p} must be in [0, 100)")));
             }
+        }
+        if let Some(f) = self.fold {
+            if f.count < 2 || f.index >= f.count {
+                return Err(Error::Config(format!("fold {f}: needs at least 2 folds (--folds K ≥ 2) and an index below K")));
+            }
+            return Ok(());
         }
         let sum = self.val_percent + self.test_percent;
         if sum >= 100.0 {
@@ -48,7 +77,15 @@ impl SplitConfig {
     /// photos never moves an image between splits.
     pub fn assign(&self, rel_path: &str) -> Split {
         // 10,000 buckets: percentages with two decimals are exact.
-        let bucket = (xxhash_rust::xxh3::xxh3_64(rel_path.as_bytes()) % 10_000) as f64 / 100.0;
+        let raw = xxhash_rust::xxh3::xxh3_64(rel_path.as_bytes()) % 10_000;
+        if let Some(f) = self.fold {
+            if raw * f.count as u64 / 10_000 == f.index as u64 {
+                return Split::Test;
+            }
+            let second = (xxhash_rust::xxh3::xxh3_64_with_seed(rel_path.as_bytes(), VAL_SEED) % 10_000) as f64 / 100.0;
+            return if second < self.val_percent { Split::Val } else { Split::Train };
+        }
+        let bucket = raw as f64 / 100.0;
         if bucket < self.test_percent {
             Split::Test
         } else if bucket < self.test_percent + self.val_percent {
@@ -170,7 +207,7 @@ mod tests {
         // The path, not the file name, decides: the same name in two classes lands independently.
         assert!((0..200).any(|i| cfg.assign(&format!("a/{i}.jpg")) != cfg.assign(&format!("b/{i}.jpg"))));
         // Percentages shift bucket boundaries monotonically: more test never shrinks the test set.
-        let wider = SplitConfig { val_percent: 10.0, test_percent: 20.0 };
+        let wider = SplitConfig { val_percent: 10.0, test_percent: 20.0, fold: None };
         let wider_test = wider.indices(&s, Split::Test);
         assert!(test.iter().all(|i| wider_test.contains(i)) && wider_test.len() > test.len());
     }
@@ -243,16 +280,42 @@ mod tests {
     const PINNED: [Split; 16] = [Tr, Tr, Tr, Va, Tr, Tr, Va, Tr, Tr, Tr, Tr, Tr, Va, Te, Tr, Tr];
 
     #[test]
+    fn folds_partition_the_test_part_and_fold_0_of_10_is_the_default_test_split() {
+        let s = samples(5000, 0);
+        let fold = |index, count| SplitConfig { fold: Some(Fold { index, count }), ..SplitConfig::default() };
+        let mut tested = vec![0; s.len()];
+        for k in 0..5 {
+            let cfg = fold(k, 5);
+            cfg.validate().unwrap();
+            let test = cfg.indices(&s, Split::Test);
+            // 20% each: binomial(5000, 0.2) has sd 28, ±100 is over 3 sd.
+            assert!((test.len() as f64 - 1000.0).abs() < 100.0, "fold {k}: {} test", test.len());
+            for i in test {
+                tested[i] += 1;
+            }
+            // Validation is 10% of the rest, by the second hash.
+            let val = cfg.indices(&s, Split::Val).len() as f64;
+            assert!((val - 400.0).abs() < 70.0, "fold {k}: {val} val");
+        }
+        assert!(tested.iter().all(|n| *n == 1), "every image is tested in exactly one fold");
+        let default = SplitConfig::default();
+        assert_eq!(fold(0, 10).indices(&s, Split::Test), default.indices(&s, Split::Test));
+        for bad in [fold(5, 5), fold(0, 1)] {
+            assert!(bad.validate().unwrap_err().to_string().contains("--folds"));
+        }
+    }
+
+    #[test]
     fn validate_names_the_flags() {
         SplitConfig::default().validate().unwrap();
-        SplitConfig { val_percent: 0.0, test_percent: 0.0 }.validate().unwrap();
-        SplitConfig { val_percent: 49.5, test_percent: 50.0 }.validate().unwrap();
-        let sum = SplitConfig { val_percent: 60.0, test_percent: 40.0 }.validate().unwrap_err().to_string();
+        SplitConfig { val_percent: 0.0, test_percent: 0.0, fold: None }.validate().unwrap();
+        SplitConfig { val_percent: 49.5, test_percent: 50.0, fold: None }.validate().unwrap();
+        let sum = SplitConfig { val_percent: 60.0, test_percent: 40.0, fold: None }.validate().unwrap_err().to_string();
         assert!(sum.contains("--val-percent 60 + --test-percent 40") && sum.contains("under 100"), "{sum}");
         for (cfg, flag) in [
-            (SplitConfig { val_percent: -5.0, test_percent: 10.0 }, "--val-percent -5"),
-            (SplitConfig { val_percent: 10.0, test_percent: 100.0 }, "--test-percent 100"),
-            (SplitConfig { val_percent: f64::NAN, test_percent: 10.0 }, "--val-percent NaN"),
+            (SplitConfig { val_percent: -5.0, test_percent: 10.0, fold: None }, "--val-percent -5"),
+            (SplitConfig { val_percent: 10.0, test_percent: 100.0, fold: None }, "--test-percent 100"),
+            (SplitConfig { val_percent: f64::NAN, test_percent: 10.0, fold: None }, "--val-percent NaN"),
         ] {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(flag) && e.contains("[0, 100)"), "{e}");

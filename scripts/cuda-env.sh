@@ -20,11 +20,14 @@ _alexnet_cuda_env() {
     f=$(ls "$cu"/lib/lib$l.so.* 2>/dev/null | head -1) && [ -e "$cu/lib/lib$l.so" ] || ln -sf "$f" "$cu/lib/lib$l.so"
   done
   # Link-only libcuda stub from cuda.h's declarations, with the driver's soname (libcuda.so.1),
-  # so binaries ask for the real driver library, whatever the GPU machine names its files.
+  # so binaries ask for the real driver library, whatever the GPU machine names its files. The
+  # header renames most entry points to versioned symbols (#define cuStreamDestroy
+  # cuStreamDestroy_v2): those are what objects reference, so the stub defines both names.
   stub=$root/target/cuda-stub
   mkdir -p "$stub"
-  if [ ! -f "$stub/libcuda.so.1" ]; then
-    grep -oE '^CUresult CUDAAPI [A-Za-z0-9_]+' "$cu/include/cuda.h" | awk '{print "void " $3 "(void) {}"}' | sort -u >"$stub/stub.c"
+  if [ ! -f "$stub/libcuda.so.1" ] || ! grep -q cuMemcpyHtoDAsync_v2 "$stub/stub.c" 2>/dev/null; then
+    # Every driver-API name in the header (cuXxx, cuXxx_v2, cuXxx_ptsz, …), declared or renamed.
+    grep -oE '\bcu[A-Z][A-Za-z0-9_]*' "$cu/include/cuda.h" | sort -u | awk '{print "void " $1 "(void) {}"}' >"$stub/stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so.1" "$stub/stub.c" || return 1
     ln -sf libcuda.so.1 "$stub/libcuda.so"
   fi

@@ -4,9 +4,9 @@
 
 use crate::backend::Backend;
 use crate::data::Fold;
-use crate::metrics::Spread;
 use crate::freeze::FreezePolicy;
 use crate::job::{JobConfig, run};
+use crate::metrics::Spread;
 use crate::observer::Observer;
 use crate::report::RunReport;
 use crate::weights::{LayerSource, WeightSet};

@@ -126,8 +126,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
                 let steps = g.runs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
                 let (mut points, mut band) = (vec![], vec![]);
                 for i in 0..steps {
-                    let at: Vec<(f64, f64)> =
-                        g.runs.iter().filter_map(|r| r.curve[i].test_accuracy.map(|a| (x(r, &r.curve[i]), a))).collect();
+                    let at: Vec<(f64, f64)> = g.runs.iter().filter_map(|r| r.curve[i].test_accuracy.map(|a| (x(r, &r.curve[i]), a))).collect();
                     if at.len() < n {
                         continue;
                     }

@@ -157,8 +157,30 @@ fn experiment_folds_and_repeats_give_spreads() {
     let w = pretrained_weights();
     let (d, o, wp) = (data.to_str().unwrap(), out_dir.to_str().unwrap(), w.to_str().unwrap());
     let args = [
-        "experiment", "--data", d, "--weights", wp, "--policies", "fc6,fc8", "--allow-random-frozen", "--folds", "3", "--repeats", "2",
-        "--steps", "2", "--eval-every", "1", "--speedup-policy", "none", "--batch-size", "6", "--cache-views", "1", "--out", o,
+        "experiment",
+        "--data",
+        d,
+        "--weights",
+        wp,
+        "--policies",
+        "fc6,fc8",
+        "--allow-random-frozen",
+        "--folds",
+        "3",
+        "--repeats",
+        "2",
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--speedup-policy",
+        "none",
+        "--batch-size",
+        "6",
+        "--cache-views",
+        "1",
+        "--out",
+        o,
     ];
     let out = alexnet(&args, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -172,7 +194,8 @@ fn experiment_folds_and_repeats_give_spreads() {
             let folds: Vec<u64> = mine.iter().map(|r| r["fold"]["index"].as_u64().unwrap()).collect();
             assert_eq!(folds, [0, 1, 2], "{policy} repeat {repeat}");
             let tested: u64 = mine.iter().map(|r| r["data"]["test"].as_u64().unwrap()).sum();
-            let all = mine[0]["data"]["train"].as_u64().unwrap() + mine[0]["data"]["val"].as_u64().unwrap() + mine[0]["data"]["test"].as_u64().unwrap();
+            let all =
+                mine[0]["data"]["train"].as_u64().unwrap() + mine[0]["data"]["val"].as_u64().unwrap() + mine[0]["data"]["test"].as_u64().unwrap();
             assert_eq!(tested, all, "{policy} repeat {repeat}");
         }
     }

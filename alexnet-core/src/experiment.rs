@@ -284,27 +284,28 @@ fn variant(r: &RunReport) -> (Option<Fold>, u64) {
 impl ExperimentReport {
     /// The runs grouped by setting, in the order the settings first ran.
     pub fn groups(&self) -> Vec<Group<'_>> {
-        let mut out: Vec<Group<'_>> = Vec::new();
+        let mut by_setting: Vec<Vec<&RunReport>> = Vec::new();
         for r in &self.runs {
-            let (backbone, policy) = (r.backbone.to_string(), r.policy.clone());
-            match out.iter_mut().find(|g| g.backbone == backbone && g.backend == r.backend && g.policy == policy) {
-                Some(g) => g.runs.push(r),
-                None => out.push(Group {
-                    backbone,
-                    backend: r.backend.clone(),
-                    policy,
-                    runs: vec![r],
-                    spread: Spread::of(&[0.0]).expect("one value"),
-                    pooled: (0, 0),
-                }),
+            match by_setting.iter_mut().find(|g| g[0].backbone == r.backbone && g[0].backend == r.backend && g[0].policy == r.policy) {
+                Some(g) => g.push(r),
+                None => by_setting.push(vec![r]),
             }
         }
-        for g in &mut out {
-            let acc: Vec<f64> = g.runs.iter().map(|r| r.test.accuracy).collect();
-            g.spread = Spread::of(&acc).expect("at least one run");
-            g.pooled = g.runs.iter().fold((0, 0), |(c, n), r| (c + (r.test.accuracy * r.test.samples as f64).round() as u64, n + r.test.samples));
-        }
-        out
+        by_setting
+            .into_iter()
+            .map(|runs| {
+                let acc: Vec<f64> = runs.iter().map(|r| r.test.accuracy).collect();
+                let pooled = runs.iter().fold((0, 0), |(c, n), r| (c + (r.test.accuracy * r.test.samples as f64).round() as u64, n + r.test.samples));
+                Group {
+                    backbone: runs[0].backbone.to_string(),
+                    backend: runs[0].backend.clone(),
+                    policy: runs[0].policy.clone(),
+                    spread: Spread::of(&acc).expect("a group has a run"),
+                    pooled,
+                    runs,
+                }
+            })
+            .collect()
     }
 
     /// The spread of each setting over folds/repeats, then each setting's paired difference to

@@ -209,12 +209,14 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     let samples = &dataset.samples;
     let mut check = check_files(samples, !cached);
     let dups = Duplicates::find(&check.hashes);
-    let splits = cfg.split.assign_samples(samples, &check.hashes);
+    // Splits and shards both go by each image's group key (copies together).
+    let keys = group_keys(samples, &check.hashes);
+    let splits: Vec<Split> = keys.iter().map(|k| cfg.split.assign(k)).collect();
     // What is used: `Some(content hash)`; bad and left-out files are `None`.
     let mut used = check.hashes.clone();
     if let Some(shard) = cfg.shard {
         // Images of other shards are absent for this job (their bad files too: another shard's).
-        let mine: Vec<bool> = group_keys(samples, &check.hashes).iter().map(|k| shard.contains(k)).collect();
+        let mine: Vec<bool> = keys.iter().map(|k| shard.contains(k)).collect();
         for (u, m) in used.iter_mut().zip(&mine) {
             if !m {
                 *u = None;

@@ -388,7 +388,7 @@ pub enum WeightsCommand {
     Inspect { path: PathBuf },
 }
 
-pub use alexnet_core::paths::{default_weights, home};
+pub use alexnet_core::paths::home;
 
 impl Cli {
     /// Hands the global --backbone to the subcommand's data options.

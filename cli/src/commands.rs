@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use crate::args::{Cli, Command, DataArgs, EvalArgs, ExtractArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand, default_weights};
+use crate::args::{Cli, Command, DataArgs, EvalArgs, ExtractArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
 use crate::progress::Bars;
 use crate::{backends, experiment, plots, rundir, weights_cmd};
 use alexnet_core::data::{Dataset, Split};
@@ -50,10 +50,7 @@ pub(crate) fn resolve_weights(job: &DataArgs) -> Result<Option<PathBuf>> {
         return Ok(Some(p.clone()));
     }
     let backbone = job.backbone.core();
-    let p = match backbone {
-        alexnet_core::backbone::Backbone::AlexNet => default_weights(),
-        b => b.default_weights(),
-    };
+    let p = backbone.default_weights();
     if !p.exists() {
         eprintln!("no pretrained {backbone} weights at {} yet: fetching them once", p.display());
         match backbone {

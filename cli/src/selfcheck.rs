@@ -40,15 +40,8 @@ pub fn run(backends: &[Box<dyn Backend>], backbone: Backbone, args: SelfcheckArg
             bail!("--weights {}: no such file", w.display());
         }
     }
-    let default = |b: Backbone| match b {
-        Backbone::AlexNet => crate::args::default_weights(),
-        b => b.default_weights(),
-    };
-    let files = Files {
-        alexnet_weights: args.weights.clone().filter(|_| backbone == Backbone::AlexNet).unwrap_or_else(|| default(Backbone::AlexNet)),
-        inception_weights: args.weights.clone().filter(|_| backbone == Backbone::InceptionV3).unwrap_or_else(|| default(Backbone::InceptionV3)),
-        photos: args.data.clone(),
-    };
+    let weights = |b: Backbone| args.weights.clone().filter(|_| backbone == b).unwrap_or_else(|| b.default_weights());
+    let files = Files { alexnet_weights: weights(Backbone::AlexNet), inception_weights: weights(Backbone::InceptionV3), photos: args.data.clone() };
     let checks = selfcheck::checks(backbone);
     let mut failed = 0;
     let mut reports = Vec::new();

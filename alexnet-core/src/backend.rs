@@ -91,12 +91,15 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// Seeds the backend's dropout masks.
     pub seed: u64,
+    /// Label smoothing ε: the cross-entropy target is (1 − ε)·one-hot + ε/classes.
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl ModelConfig {
     /// Defaults for `policy`: SGD momentum 0.9, weight decay 5e-4, dropout 0.5.
     pub fn new(policy: FreezePolicy) -> Self {
-        Self { policy, optimizer: OptimizerConfig::default(), dropout: 0.5, seed: 0 }
+        Self { policy, optimizer: OptimizerConfig::default(), dropout: 0.5, seed: 0, label_smoothing: 0.0 }
     }
 
     pub fn with_optimizer(mut self, optimizer: OptimizerConfig) -> Self {
@@ -106,6 +109,11 @@ impl ModelConfig {
 
     pub fn with_dropout(mut self, dropout: f32) -> Self {
         self.dropout = dropout;
+        self
+    }
+
+    pub fn with_label_smoothing(mut self, label_smoothing: f32) -> Self {
+        self.label_smoothing = label_smoothing;
         self
     }
 
@@ -121,6 +129,9 @@ impl ModelConfig {
         let non_negative = |v: f32| v.is_finite() && v >= 0.0;
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout (--dropout) must be in [0, 1), got {}", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!("label smoothing (--label-smoothing) must be in [0, 1), got {}", self.label_smoothing));
         }
         let o = &self.optimizer;
         if !non_negative(o.weight_decay) {

@@ -8,8 +8,7 @@
 //! it stopped. A chunk that is truncated, corrupt (checksum) or from another key is reported,
 //! deleted and rebuilt; it is never used.
 
-use crate::data::Preprocess;
-use crate::data::View;
+use crate::data::{Augment, Preprocess, Tta, View};
 use crate::{Error, Result, atomic};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -42,6 +41,10 @@ pub struct CacheKey {
     /// Seeds the augmented views (view ≥ 1).
     pub view_seed: u64,
     pub dtype: CacheDtype,
+    /// Colour jitter of the augmented views; left out of the key when off, so caches written
+    /// before it existed keep their folder.
+    #[serde(default, skip_serializing_if = "Augment::is_off")]
+    pub augment: Augment,
 }
 
 impl CacheKey {
@@ -59,16 +62,20 @@ impl CacheKey {
         self.feature_shape.iter().product()
     }
 
-    /// The view behind view index `v` of an image: 0 is the centre crop, others are augmented
+    /// The view behind view index `v` of an image: 0 is the centre crop, indices from
+    /// [`TTA_VIEW_BASE`](crate::data::TTA_VIEW_BASE) the fixed test-time views, others augmented
     /// crops seeded by the key's seed, the image's content and `v` (the same across runs).
     pub fn view(&self, content_hash: u128, v: u32) -> View {
         if v == 0 {
             return View::Center;
         }
+        if let Some(fixed) = Tta::view_of_index(v) {
+            return fixed;
+        }
         let mut bytes = self.view_seed.to_le_bytes().to_vec();
         bytes.extend_from_slice(&content_hash.to_le_bytes());
         bytes.extend_from_slice(&v.to_le_bytes());
-        View::Augmented { seed: xxhash_rust::xxh3::xxh3_64(&bytes) }
+        View::Augmented { seed: xxhash_rust::xxh3::xxh3_64(&bytes), color: self.augment.color_jitter }
     }
 }
 
@@ -284,6 +291,7 @@ mod tests {
             preprocess: Preprocess::default(),
             view_seed: seed,
             dtype: CacheDtype::F32,
+            augment: Augment::default(),
         }
     }
 
@@ -309,6 +317,22 @@ mod tests {
         assert_ne!(k.id(), key(1).id());
         assert_eq!(key(1).view(5, 0), View::Center);
         assert_ne!(key(1).view(5, 1), key(1).view(5, 2));
+        assert_eq!(key(1).view(5, crate::data::TTA_VIEW_BASE + 1), Tta::Flip.views()[1]);
+        // Colour jitter is another folder, but leaves the id of a key without it unchanged.
+        let mut jittered = key(1);
+        jittered.augment.color_jitter = 0.4;
+        assert_ne!(jittered.id(), key(1).id());
+        assert!(!serde_json::to_string(&key(1)).unwrap().contains("augment"));
+        assert_eq!(
+            jittered.view(5, 1),
+            View::Augmented {
+                seed: match key(1).view(5, 1) {
+                    View::Augmented { seed, .. } => seed,
+                    v => panic!("{v:?}"),
+                },
+                color: 0.4
+            }
+        );
     }
 
     #[test]

@@ -159,9 +159,11 @@ fn fc_step_ratios(
     steps: usize,
     rule: Rule,
     restore_before: Option<usize>,
+    smoothing: Smoothing,
 ) -> Vec<(String, f64, f64)> {
     let w0 = weights();
-    let config = cfg(policy).with_optimizer(opt);
+    let config = cfg(policy).with_optimizer(opt).with_label_smoothing(smoothing.backend);
+    let reference_config = config.with_label_smoothing(smoothing.reference);
     let mut m = b.build(&w0, &config).unwrap();
     let mut reference_w = w0.clone();
     let mut masks = DropoutMasks::new(config.seed, config.dropout);
@@ -187,7 +189,7 @@ fn fc_step_ratios(
         let lr = 0.01;
         let prev_ref = reference_w.clone();
         let got = m.train_step(&x, Stage::Cut, &labels, lr).unwrap();
-        let step = reference::fc_train_step(&mut reference_w, &config, &mut masks, &mut state, &x, &labels, lr, rule);
+        let step = reference::fc_train_step(&mut reference_w, &reference_config, &mut masks, &mut state, &x, &labels, lr, rule);
         ratios.push((
             format!("{policy} step {s}: loss"),
             worst_ratio(&[got.loss], &[step.loss], &[step.loss_bound]),
@@ -215,8 +217,19 @@ fn fc_step_ratios(
     ratios
 }
 
+/// Label smoothing of the backend's model and of the reference it is checked against.
+#[derive(Clone, Copy, Default)]
+struct Smoothing {
+    backend: f32,
+    reference: f32,
+}
+
 fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>) {
-    let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch, restore_before);
+    check_fc_steps_smoothed(b, policy, opt, steps, restore_before, 0.0)
+}
+
+fn check_fc_steps_smoothed(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>, smoothing: f32) {
+    let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch, restore_before, Smoothing { backend: smoothing, reference: smoothing });
     for (what, r, rel) in &ratios {
         record(*r, *rel);
         note!("conformance · {what}: worst |Δ|/bound {r:.3e}");
@@ -227,7 +240,7 @@ fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: us
 
 /// Shows a wrong update rule fails the same checks: some ratio exceeds 1 by a wide margin.
 fn check_rejects(b: &dyn Backend, policy: &str, opt: OptimizerConfig, rule: Rule) {
-    let worst = fc_step_ratios(b, policy, opt, 2, rule, None).into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
+    let worst = fc_step_ratios(b, policy, opt, 2, rule, None, Smoothing::default()).into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
     note!("conformance · {policy} against {rule:?}: worst |Δ|/bound {worst:.3e} (must fail)");
     assert!(worst > 10.0, "the bounds cannot tell {rule:?} from the backend's rule (worst ratio {worst})");
 }
@@ -246,6 +259,17 @@ fn adam() -> OptimizerConfig {
 /// loss, same parameter updates, frozen layers bit-identical.
 pub fn sgd_steps_match_reference(b: &dyn Backend) {
     check_fc_steps(b, "fc6", sgd(), 2, None);
+}
+
+/// Two SGD steps on fc6–fc8 with label smoothing 0.1 match the reference's smoothed
+/// cross-entropy; checked against the one-hot reference instead, they fail (so a backend
+/// ignoring the setting cannot pass).
+pub fn label_smoothing_steps_match_reference(b: &dyn Backend) {
+    check_fc_steps_smoothed(b, "fc6", sgd(), 2, None, 0.1);
+    let ratios = fc_step_ratios(b, "fc6", sgd(), 2, Rule::Torch, None, Smoothing { backend: 0.1, reference: 0.0 });
+    let worst = ratios.into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
+    note!("conformance · smoothed backend against the one-hot reference: worst |Δ|/bound {worst:.3e} (must fail)");
+    assert!(worst > 10.0, "the bounds cannot tell label smoothing 0.1 from none (worst ratio {worst})");
 }
 
 /// Two Adam steps on fc7–fc8 (cut at fc6's output) match the reference.
@@ -513,6 +537,10 @@ macro_rules! conformance_tests {
             #[test]
             fn sgd_steps_match_reference() {
                 $crate::conformance::sgd_steps_match_reference(&*backend());
+            }
+            #[test]
+            fn label_smoothing_steps_match_reference() {
+                $crate::conformance::label_smoothing_steps_match_reference(&*backend());
             }
             #[test]
             fn adam_steps_match_reference() {

@@ -45,6 +45,10 @@ pub struct ExperimentConfig {
     /// cached views and dropout all change.
     #[serde(default = "one")]
     pub repeats: u64,
+    /// Names this configuration's variant of the settings (`experiment --vary`), recorded in
+    /// each run's report so variants are compared side by side.
+    #[serde(default)]
+    pub recipe: Option<String>,
 }
 
 fn yes() -> bool {
@@ -70,6 +74,7 @@ impl ExperimentConfig {
             alexnet: true,
             folds: 0,
             repeats: 1,
+            recipe: None,
         }
     }
 
@@ -193,11 +198,15 @@ pub fn run_experiment(
         cache_speedups: vec![],
     };
     let variants = cfg.variants();
-    let label = |fold: Option<Fold>, r: u64| match (fold, cfg.repeats > 1) {
-        (None, false) => String::new(),
-        (None, true) => format!(" · repeat {}/{}", r + 1, cfg.repeats),
-        (Some(f), false) => format!(" · test fold {f}"),
-        (Some(f), true) => format!(" · test fold {f}, repeat {}/{}", r + 1, cfg.repeats),
+    let recipe = cfg.recipe.as_ref().map_or(String::new(), |r| format!(" · {r}"));
+    let label = |fold: Option<Fold>, r: u64| {
+        let run = match (fold, cfg.repeats > 1) {
+            (None, false) => String::new(),
+            (None, true) => format!(" · repeat {}/{}", r + 1, cfg.repeats),
+            (Some(f), false) => format!(" · test fold {f}"),
+            (Some(f), true) => format!(" · test fold {f}, repeat {}/{}", r + 1, cfg.repeats),
+        };
+        format!("{recipe}{run}")
     };
     for backend in backends {
         let policies: &[FreezePolicy] = if cfg.alexnet { &cfg.policies } else { &[] };
@@ -206,6 +215,7 @@ pub fn run_experiment(
                 obs.message(&format!("experiment: {} · fine-tune {policy} · {} steps{}", backend.name(), cfg.steps, label(fold, r)));
                 let (mut report, _) = run(*backend, &with_variant(job_for(cfg, &cfg.base, *policy, cfg.steps, true), fold, r), obs)?;
                 report.repeat = r;
+                report.recipe = cfg.recipe.clone();
                 rep.runs.push(report);
                 on_run(&rep);
             }
@@ -215,6 +225,7 @@ pub fn run_experiment(
                 obs.message(&format!("experiment: {} · {} · new head · {} steps{}", backend.name(), job.backbone, cfg.steps, label(fold, r)));
                 let (mut report, _) = run(*backend, &with_variant(job_for(cfg, job, job.model.policy, cfg.steps, true), fold, r), obs)?;
                 report.repeat = r;
+                report.recipe = cfg.recipe.clone();
                 rep.runs.push(report);
                 on_run(&rep);
             }
@@ -254,24 +265,31 @@ fn job_for(cfg: &ExperimentConfig, base: &JobConfig, policy: FreezePolicy, steps
     job
 }
 
-/// The runs of one setting (backbone, backend, fine-tune depth) over folds and repeats, and the
-/// spread of their test accuracies.
+/// The runs of one setting (backbone, backend, fine-tune depth, recipe) over folds and repeats,
+/// and the spread of their validation and test accuracies.
 #[derive(Debug, Clone)]
 pub struct Group<'a> {
     pub backbone: String,
     pub backend: String,
     pub policy: String,
+    pub recipe: Option<String>,
     pub runs: Vec<&'a RunReport>,
     /// Test accuracy (at the best validation point) over the runs.
     pub spread: Spread,
+    /// Validation accuracy of the selected model over the runs: what settings are chosen by.
+    pub val_spread: Spread,
     /// All test images of all runs pooled: correct / total (with folds, every image once).
     pub pooled: (u64, u64),
 }
 
 impl Group<'_> {
-    /// `alexnet fc6`, or `tch · alexnet fc6` when several backends ran.
+    /// `alexnet fc6` (`alexnet fc6 · tta=flip` for a recipe), or `tch · alexnet fc6` when
+    /// several backends ran.
     pub fn label(&self, with_backend: bool) -> String {
-        let what = format!("{} {}", self.backbone, self.policy);
+        let mut what = format!("{} {}", self.backbone, self.policy);
+        if let Some(r) = &self.recipe {
+            what = format!("{what} · {r}");
+        }
         if with_backend { format!("{} · {what}", self.backend) } else { what }
     }
 }
@@ -286,7 +304,10 @@ impl ExperimentReport {
     pub fn groups(&self) -> Vec<Group<'_>> {
         let mut by_setting: Vec<Vec<&RunReport>> = Vec::new();
         for r in &self.runs {
-            match by_setting.iter_mut().find(|g| g[0].backbone == r.backbone && g[0].backend == r.backend && g[0].policy == r.policy) {
+            match by_setting
+                .iter_mut()
+                .find(|g| g[0].backbone == r.backbone && g[0].backend == r.backend && g[0].policy == r.policy && g[0].recipe == r.recipe)
+            {
                 Some(g) => g.push(r),
                 None => by_setting.push(vec![r]),
             }
@@ -295,12 +316,15 @@ impl ExperimentReport {
             .into_iter()
             .map(|runs| {
                 let acc: Vec<f64> = runs.iter().map(|r| r.test.accuracy).collect();
+                let val: Vec<f64> = runs.iter().map(|r| r.val.accuracy).collect();
                 let pooled = runs.iter().fold((0, 0), |(c, n), r| (c + (r.test.accuracy * r.test.samples as f64).round() as u64, n + r.test.samples));
                 Group {
                     backbone: runs[0].backbone.to_string(),
                     backend: runs[0].backend.clone(),
                     policy: runs[0].policy.clone(),
+                    recipe: runs[0].recipe.clone(),
                     spread: Spread::of(&acc).expect("a group has a run"),
+                    val_spread: Spread::of(&val).expect("a group has a run"),
                     pooled,
                     runs,
                 }
@@ -309,7 +333,9 @@ impl ExperimentReport {
     }
 
     /// The spread of each setting over folds/repeats, then each setting's paired difference to
-    /// the best setting of its backend (matched fold by fold, seed by seed), with its 95% interval.
+    /// the setting of its backend with the best mean validation accuracy (matched fold by fold,
+    /// seed by seed), in validation and in test accuracy, with 95% intervals. Settings are
+    /// chosen on validation; the test columns only report.
     fn spread_tables(&self, s: &mut String) {
         let groups = self.groups();
         if groups.iter().all(|g| g.runs.len() < 2) {
@@ -321,19 +347,23 @@ impl ExperimentReport {
             (k, 1) => format!("{k} test folds"),
             (k, r) => format!("{k} test folds × {r} repeats"),
         };
-        let _ = writeln!(s, "\nTest accuracy over {how} (the test score of each run is at its best validation point):\n");
-        let _ = writeln!(s, "| setting | runs | mean | sd | 95% interval of the mean | pooled test images |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        let pct = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
+        let _ = writeln!(s, "\nAccuracy over {how} (each run's model is the one at its best validation point):\n");
+        let _ =
+            writeln!(s, "| setting | runs | val mean (95% interval) | test mean | test sd | test 95% interval of the mean | pooled test images |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for g in &groups {
             let sp = g.spread;
-            let ci = if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2}% | {:.2} | {ci} | {:.2}% ({} of {}) |",
+                "| {} | {} | {:.2}% ({}) | {:.2}% | {:.2} | {} | {:.2}% ({} of {}) |",
                 g.label(several),
                 sp.n,
+                100.0 * g.val_spread.mean,
+                pct(&g.val_spread),
                 100.0 * sp.mean,
                 100.0 * sp.sd,
+                pct(&sp),
                 100.0 * g.pooled.0 as f64 / g.pooled.1.max(1) as f64,
                 g.pooled.0,
                 g.pooled.1
@@ -342,30 +372,34 @@ impl ExperimentReport {
         let mut rows = Vec::new();
         for backend in groups.iter().map(|g| g.backend.as_str()).collect::<std::collections::BTreeSet<_>>() {
             let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
-            let best = mine.iter().max_by(|a, b| a.spread.mean.total_cmp(&b.spread.mean)).expect("a group");
+            let best = mine.iter().max_by(|a, b| a.val_spread.mean.total_cmp(&b.val_spread.mean)).expect("a group");
             for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
-                let diffs: Vec<f64> = g
-                    .runs
-                    .iter()
-                    .filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).map(|b| r.test.accuracy - b.test.accuracy))
-                    .collect();
-                if let Some(d) = Spread::of(&diffs).filter(|d| d.n > 1) {
-                    rows.push(format!(
-                        "| {} | {} | {:+.2} | {:+.2} to {:+.2} | {} |",
-                        g.label(several),
-                        best.label(several),
+                let paired = |acc: fn(&RunReport) -> f64| -> Option<Spread> {
+                    let diffs: Vec<f64> =
+                        g.runs.iter().filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).map(|b| acc(r) - acc(b))).collect();
+                    Spread::of(&diffs).filter(|d| d.n > 1)
+                };
+                let cell = |d: &Spread| {
+                    format!(
+                        "{:+.2} ({:+.2} to {:+.2}) | {}",
                         100.0 * d.mean,
                         100.0 * d.ci95.0,
                         100.0 * d.ci95.1,
                         if d.excludes_zero() { "yes" } else { "no" }
-                    ));
+                    )
+                };
+                if let (Some(v), Some(t)) = (paired(|r| r.val.accuracy), paired(|r| r.test.accuracy)) {
+                    rows.push(format!("| {} | {} | {} | {} |", g.label(several), best.label(several), cell(&v), cell(&t)));
                 }
             }
         }
         if !rows.is_empty() {
-            let _ = writeln!(s, "\nPaired differences to the best setting (same folds and seeds; points of accuracy):\n");
-            let _ = writeln!(s, "| setting | best | mean difference | 95% interval | significant |");
-            let _ = writeln!(s, "|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\nPaired differences to the setting with the best mean validation accuracy (same folds and seeds; points of accuracy, 95% interval):\n"
+            );
+            let _ = writeln!(s, "| setting | best on validation | val difference | significant | test difference | significant |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
             for r in rows {
                 let _ = writeln!(s, "{r}");
             }
@@ -394,11 +428,17 @@ impl ExperimentReport {
                 r.policy,
                 t[0],
                 t[t.len() - 1],
-                match (r.fold, self.repeats > 1) {
-                    (None, false) => "–".to_string(),
-                    (None, true) => format!("seed +{}", r.repeat),
-                    (Some(f), false) => format!("fold {f}"),
-                    (Some(f), true) => format!("fold {f}, seed +{}", r.repeat),
+                {
+                    let run = match (r.fold, self.repeats > 1) {
+                        (None, false) => "–".to_string(),
+                        (None, true) => format!("seed +{}", r.repeat),
+                        (Some(f), false) => format!("fold {f}"),
+                        (Some(f), true) => format!("fold {f}, seed +{}", r.repeat),
+                    };
+                    match &r.recipe {
+                        Some(recipe) => format!("{recipe} · {run}"),
+                        None => run,
+                    }
                 },
                 100.0 * r.test.accuracy,
                 100.0 * r.test.interval95().0,

@@ -37,7 +37,7 @@ fn reason(e: &Error) -> String {
     }
 }
 
-/// Makes sure views `0..views[i]` of every sample `i` are cached, computing the missing ones
+/// Makes sure the views `views[i]` (cache view indices) of every sample `i` are cached, computing the missing ones
 /// with `model`'s frozen prefix in batches of about `batch` crops. `hashes[i]` is sample `i`'s
 /// content hash ([`crate::data::check_files`]); `None` leaves it out. Byte-identical files are
 /// computed once. A file that fails to decode does not stop the fill: every one is collected in
@@ -48,7 +48,7 @@ pub fn fill_cache(
     cache: &mut FeatureCache,
     samples: &[Sample],
     hashes: &[Option<u128>],
-    views: &[u32],
+    views: &[Vec<u32>],
     pre: &Preprocess,
     batch: usize,
     obs: &dyn Observer,
@@ -60,12 +60,15 @@ pub fn fill_cache(
     let mut by_hash: HashMap<u128, usize> = HashMap::new();
     for (i, s) in samples.iter().enumerate() {
         let Some(h) = hashes[i] else { continue };
-        let missing: Vec<u32> = (0..views[i]).filter(|v| cache.get(h, *v).is_none()).collect();
+        let missing: Vec<u32> = views[i].iter().copied().filter(|v| cache.get(h, *v).is_none()).collect();
         match by_hash.get(&h) {
             Some(&t) => {
                 todo[t].0.push(i);
-                if missing.len() > todo[t].3.len() {
-                    todo[t].3 = missing;
+                // Copies in different splits may want different views: compute the union.
+                for v in missing {
+                    if !todo[t].3.contains(&v) {
+                        todo[t].3.push(v);
+                    }
                 }
             }
             None => {

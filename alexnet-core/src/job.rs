@@ -6,7 +6,7 @@ use crate::backbone::{Backbone, FrozenBackbone};
 use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
 use crate::checkpoint;
-use crate::data::{Dataset, Duplicates, OnConflict, Preprocess, Shard, Split, SplitConfig, check_files, group_keys};
+use crate::data::{Augment, Dataset, Duplicates, OnConflict, Preprocess, Shard, Split, SplitConfig, Tta, check_files, group_keys};
 use crate::extract::{FillOutcome, fill_cache};
 use crate::observer::Observer;
 use crate::report::{CacheSummary, DataSummary, DuplicateSummary, RunReport, SkippedFile, Timings};
@@ -73,6 +73,13 @@ pub struct JobConfig {
     /// absent, so N such jobs fill one cache between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// Colour jitter of the random training views (cached or not).
+    #[serde(default)]
+    pub augment: Augment,
+    /// Test-time augmentation for validation and test (and so for model selection); its
+    /// views are cached like the training views.
+    #[serde(default)]
+    pub tta: Tta,
 }
 
 impl JobConfig {
@@ -95,6 +102,8 @@ impl JobConfig {
             backbone: Backbone::AlexNet,
             head_hidden: 0,
             shard: None,
+            augment: Augment::default(),
+            tta: Tta::default(),
         }
     }
 }
@@ -135,8 +144,15 @@ impl JobConfig {
             }
         }
         self.model.validate()?;
-        if self.cache.views == 0 {
-            return Err(Error::Config("cached views per training image (--cache-views) must be at least 1".into()));
+        if self.cache.views == 0 || self.cache.views > MAX_CACHE_VIEWS {
+            return Err(Error::Config(format!(
+                "cached views per training image (--cache-views) must be between 1 and {MAX_CACHE_VIEWS}, got {}",
+                self.cache.views
+            )));
+        }
+        let jitter = self.augment.color_jitter;
+        if !(jitter.is_finite() && (0.0..=1.0).contains(&jitter)) {
+            return Err(Error::Config(format!("colour jitter (--color-jitter) must be in [0, 1], got {jitter}")));
         }
         if let Some(shard) = self.shard {
             if !self.cache.enabled {
@@ -149,6 +165,10 @@ impl JobConfig {
         Ok(())
     }
 }
+
+/// The most training views a cache may hold per image (their indices stay below the fixed
+/// test-time views').
+pub const MAX_CACHE_VIEWS: u32 = 1024;
 
 /// A job ready to train: data scanned and split, model built, features cached.
 pub struct Prepared {
@@ -281,12 +301,15 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
             preprocess: cfg.preprocess,
             view_seed: cfg.cache.view_seed,
             dtype: cfg.cache.dtype,
+            augment: cfg.augment,
         };
         let mut cache = FeatureCache::open(&cfg.cache.root, key)?;
         for d in &cache.stats.discarded_chunks {
             obs.message(&format!("feature cache: discarded damaged chunk, rebuilding its entries: {d}"));
         }
-        let views: Vec<u32> = splits.iter().map(|s| if *s == Split::Train { views_wanted } else { 1 }).collect();
+        // Training images: the centre and random views; the others: the test-time views.
+        let (train_views, eval_views): (Vec<u32>, Vec<u32>) = ((0..views_wanted).collect(), cfg.tta.cache_indices());
+        let views: Vec<Vec<u32>> = splits.iter().map(|s| if *s == Split::Train { train_views.clone() } else { eval_views.clone() }).collect();
         let fill = fill_cache(model.as_mut(), &mut cache, samples, &used, &views, &cfg.preprocess, cfg.extract_batch, obs)?;
         bad.extend(fill.bad.iter().cloned());
         bad.sort_by_key(|b| b.index);
@@ -326,25 +349,27 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     let label = |i: &usize| samples[*i].label as u32;
 
     let Some((cache, views, fill)) = filled else {
-        let images = |ix: &[usize]| Inputs::Images {
+        let images = |ix: &[usize], tta| Inputs::Images {
             pre: cfg.preprocess,
             paths: ix.iter().map(|i| samples[*i].path.clone()).collect(),
             labels: ix.iter().map(label).collect(),
+            augment: cfg.augment,
+            tta,
         };
-        let (train, val, test) = (images(&tr), images(&va), images(&te));
+        let (train, val, test) = (images(&tr, Tta::None), images(&va, cfg.tta), images(&te, cfg.tta));
         return Ok(Prepared { dataset, weights, model, train, val, test, cache: None, fill: None, data });
     };
-    let cached = |ix: &[usize]| {
+    let cached = |ix: &[usize], tta| {
         let views = ix
             .iter()
             .map(|i| {
                 let h = used[*i].expect("used");
-                (0..views[*i]).map(|v| cache.get(h, v).cloned().expect("filled")).collect()
+                views[*i].iter().map(|v| cache.get(h, *v).cloned().expect("filled")).collect()
             })
             .collect();
-        Inputs::Cached { feature_shape: cache.key().feature_shape.clone(), views, labels: ix.iter().map(label).collect() }
+        Inputs::Cached { feature_shape: cache.key().feature_shape.clone(), views, labels: ix.iter().map(label).collect(), tta }
     };
-    let (train, val, test) = (cached(&tr), cached(&va), cached(&te));
+    let (train, val, test) = (cached(&tr, Tta::None), cached(&va, cfg.tta), cached(&te, cfg.tta));
     let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);
     Ok(Prepared { dataset, weights, model, train, val, test, cache: Some(summary), fill: Some(fill), data })
 }
@@ -460,6 +485,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         test,
         fold: cfg.split.fold,
         repeat: 0,
+        recipe: None,
     };
     Ok((report, out.best))
 }
@@ -514,6 +540,9 @@ mod tests {
             (Box::new(|c| c.model.optimizer.weight_decay = -1.0), "--weight-decay"),
             (Box::new(|c| c.model.optimizer.conv_lr_mult = f32::NAN), "--conv-lr-mult"),
             (Box::new(|c| c.cache.views = 0), "--cache-views"),
+            (Box::new(|c| c.cache.views = MAX_CACHE_VIEWS + 1), "--cache-views"),
+            (Box::new(|c| c.augment.color_jitter = 1.5), "--color-jitter"),
+            (Box::new(|c| c.augment.color_jitter = f32::NAN), "--color-jitter"),
             (Box::new(|c| c.extract_batch = 0), "--extract-batch"),
         ];
         for (change, flag) in cases {

@@ -19,20 +19,28 @@ pub fn argmax_rows(logits: &HostTensor) -> Vec<u32> {
         .collect()
 }
 
-/// Mean softmax cross-entropy of `[N, C]` logits against `labels`, and its gradient with respect
-/// to the logits (`(softmax − one_hot) / N`, row-major). Computed in f64 for stability.
-pub fn cross_entropy(logits: &HostTensor, labels: &[u32]) -> (f64, Vec<f32>) {
+/// The label-smoothed target of class `j` for a sample of class `y` among `k`:
+/// (1 − ε)·[j = y] + ε/k.
+pub fn smoothed_target(j: usize, y: usize, k: usize, smoothing: f64) -> f64 {
+    (1.0 - smoothing) * f64::from(j == y) + smoothing / k as f64
+}
+
+/// Mean softmax cross-entropy of `[N, C]` logits against `labels` (targets label-smoothed by
+/// `smoothing`; 0 is one-hot), and its gradient with respect to the logits
+/// (`(softmax − target) / N`, row-major). Computed in f64 for stability.
+pub fn cross_entropy(logits: &HostTensor, labels: &[u32], smoothing: f32) -> (f64, Vec<f32>) {
     let (n, k) = (logits.batch(), logits.row_len());
+    let eps = smoothing as f64;
     let mut loss = 0f64;
     let mut grad = vec![0f32; n * k];
     for (i, &y) in labels.iter().enumerate() {
         let row = logits.row(i);
         let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
-        let sum: f64 = row.iter().map(|v| (*v as f64 - max).exp()).sum();
-        loss += sum.ln() + max - row[y as usize] as f64;
+        let lse = row.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln() + max;
         for j in 0..k {
-            let p = (row[j] as f64 - max).exp() / sum;
-            grad[i * k + j] = ((p - f64::from(j == y as usize)) / n as f64) as f32;
+            let t = smoothed_target(j, y as usize, k, eps);
+            loss += t * (lse - row[j] as f64);
+            grad[i * k + j] = (((row[j] as f64 - lse).exp() - t) / n as f64) as f32;
         }
     }
     (loss / n.max(1) as f64, grad)
@@ -218,11 +226,18 @@ mod tests {
     #[test]
     fn cross_entropy_and_its_gradient() {
         let logits = HostTensor::new(vec![2, 2], vec![0.0, 0.0, 2.0, 0.0]).unwrap();
-        let (loss, grad) = cross_entropy(&logits, &[0, 1]);
+        let (loss, grad) = cross_entropy(&logits, &[0, 1], 0.0);
         let p = 1.0 / (1.0 + (-2f64).exp()); // softmax of the 2 in row 2
         assert!((loss - (2f64.ln() + -(1.0 - p).ln()) / 2.0).abs() < 1e-12);
         assert_eq!(grad[0], -0.25);
         assert!((grad[3] as f64 - (1.0 - p - 1.0) / 2.0).abs() < 1e-7);
+        assert!((grad.iter().sum::<f32>()).abs() < 1e-7);
+        // Smoothing 0.2 over 2 classes: targets 0.9 / 0.1.
+        let (smooth, grad) = cross_entropy(&logits, &[0, 1], 0.2);
+        let want = (2f64.ln() - 0.9 * (1.0 - p).ln() - 0.1 * p.ln()) / 2.0;
+        assert!((smooth - want).abs() < 1e-8, "{smooth} vs {want}"); // ε = 0.2f32
+        assert!((grad[3] as f64 - (1.0 - p - 0.9) / 2.0).abs() < 1e-7);
+        assert!((grad[0] as f64 - (0.5 - 0.9) / 2.0).abs() < 1e-7);
         assert!((grad.iter().sum::<f32>()).abs() < 1e-7);
     }
 }

@@ -369,8 +369,10 @@ pub fn fc_train_step(
         saved.push((h, mask, z));
         h = a;
     }
-    // Softmax cross-entropy and its gradient (softmax − one-hot)/n, with bounds.
+    // Softmax cross-entropy against the (label-smoothed) target and its gradient
+    // (softmax − target)/n, with bounds.
     let k = h.value.shape[1];
+    let eps = cfg.label_smoothing as f64;
     let (mut loss, mut loss_bound) = (0.0, 0.0);
     let mut dz = Bounded { value: Act { shape: vec![n, k], data: vec![0.0; n * k] }, bound: Act { shape: vec![n, k], data: vec![0.0; n * k] } };
     let softmax_rounding = LAMBDA * (3.0 + (k as f64).sqrt()) * U;
@@ -382,12 +384,17 @@ pub fn fc_train_step(
         let lse = sum.ln() + max;
         let p: Vec<f64> = row.iter().map(|v| (v - max).exp() / sum).collect();
         let mean_err: f64 = p.iter().zip(err).map(|(p, e)| p * e).sum();
-        loss += lse - row[y as usize];
-        loss_bound += mean_err + err[y as usize] + softmax_rounding * (lse.abs() + row[y as usize].abs());
+        let t: Vec<f64> = (0..k).map(|j| crate::metrics::smoothed_target(j, y as usize, k, eps)).collect();
+        // Σ t = 1, so the loss is lse − Σ t·z; an f32 target carries its own rounding.
+        let tz: f64 = t.iter().zip(row).map(|(t, z)| t * z).sum();
+        let t_err: f64 = t.iter().zip(err).map(|(t, e)| t * e).sum();
+        let t_abs: f64 = t.iter().zip(row).map(|(t, z)| t * z.abs()).sum();
+        loss += lse - tz;
+        loss_bound += mean_err + t_err + softmax_rounding * (lse.abs() + t_abs) + if eps > 0.0 { gamma(k + 1) * (lse.abs() + t_abs) } else { 0.0 };
         for j in 0..k {
-            let onehot = f64::from(j == y as usize);
-            dz.value.data[i * k + j] = (p[j] - onehot) / n as f64;
-            dz.bound.data[i * k + j] = (p[j] * (err[j] + mean_err) + softmax_rounding * p[j] + U * (p[j] - onehot).abs()) / n as f64;
+            dz.value.data[i * k + j] = (p[j] - t[j]) / n as f64;
+            let t_rounding = if eps > 0.0 { U * t[j] } else { 0.0 };
+            dz.bound.data[i * k + j] = (p[j] * (err[j] + mean_err) + softmax_rounding * p[j] + U * (p[j] - t[j]).abs() + t_rounding) / n as f64;
         }
     }
     let loss = loss / n as f64;

@@ -112,6 +112,9 @@ pub struct RunReport {
     /// Which repeat (seed offset) of its setting this run is (`experiment --repeats`; 0 alone).
     #[serde(default)]
     pub repeat: u64,
+    /// The experiment's variant of the settings this run used (`experiment --vary`: `tta=flip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 /// Where the cache was and what it did.

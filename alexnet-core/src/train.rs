@@ -2,7 +2,7 @@
 
 use crate::backend::{Model, Stage, TrainState};
 use crate::checkpoint::{Checkpoint, Progress};
-use crate::data::{Prefetcher, Preprocess, View};
+use crate::data::{Augment, Prefetcher, Preprocess, Tta, View};
 use crate::metrics::{Confusion, EvalMetrics, argmax_rows};
 use crate::observer::Observer;
 use crate::report::CurvePoint;
@@ -98,10 +98,12 @@ impl TrainConfig {
 /// A labelled evaluation or training set, as cached features or as image files.
 #[derive(Clone)]
 pub enum Inputs {
-    /// Features at the cut; `views[i]` holds one or more cached views of sample `i`.
-    Cached { feature_shape: Vec<usize>, views: Vec<Vec<Arc<[f32]>>>, labels: Vec<u32> },
-    /// Image files, preprocessed on the fly (augmented when training).
-    Images { pre: Preprocess, paths: Vec<PathBuf>, labels: Vec<u32> },
+    /// Features at the cut; `views[i]` holds one or more cached views of sample `i`: training
+    /// draws one at random, evaluation averages the first `tta.len()` (`tta`'s views, in order).
+    Cached { feature_shape: Vec<usize>, views: Vec<Vec<Arc<[f32]>>>, labels: Vec<u32>, tta: Tta },
+    /// Image files, preprocessed on the fly: random crops, flips and `augment` when training,
+    /// `tta`'s views when evaluating.
+    Images { pre: Preprocess, paths: Vec<PathBuf>, labels: Vec<u32>, augment: Augment, tta: Tta },
 }
 
 impl Inputs {
@@ -142,7 +144,7 @@ impl Inputs {
     ) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
         let skip = (skip * batch).min(order.len());
         match self {
-            Inputs::Cached { feature_shape, views, labels } => {
+            Inputs::Cached { feature_shape, views, labels, .. } => {
                 let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
                 if let Some(r) = rng.as_mut() {
                     for &i in &order[..skip] {
@@ -164,13 +166,13 @@ impl Inputs {
                     Ok((HostTensor::stack(feature_shape, &rows), c.iter().map(|&i| labels[i]).collect()))
                 }))
             }
-            Inputs::Images { pre, paths, labels } => {
+            Inputs::Images { pre, paths, labels, augment: aug, .. } => {
                 let (pre, shape) = (*pre, [3, pre.crop as usize, pre.crop as usize]);
                 let items: Vec<(PathBuf, u32, View)> = order[skip..]
                     .iter()
                     .map(|&i| {
                         let view = match augment {
-                            Some(s) => View::Augmented { seed: s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) },
+                            Some(s) => View::Augmented { seed: s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), color: aug.color_jitter },
                             None => View::Center,
                         };
                         (paths[i].clone(), labels[i], view)
@@ -187,13 +189,80 @@ impl Inputs {
     }
 }
 
-/// Evaluates `model` (eval mode, centre views) on `inputs`.
+impl Inputs {
+    /// The test-time views averaged when evaluating.
+    pub fn tta(&self) -> Tta {
+        match self {
+            Inputs::Cached { tta, .. } | Inputs::Images { tta, .. } => *tta,
+        }
+    }
+
+    /// Evaluation batches of about `batch` rows: each sample's `tta` views as consecutive rows,
+    /// with the samples' labels.
+    fn eval_batches(&self, batch: usize) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
+        let n = self.tta().len();
+        let per_batch = (batch / n).max(1);
+        match self {
+            Inputs::Cached { feature_shape, views, labels, .. } => {
+                Box::new((0..labels.len()).collect::<Vec<_>>().chunks(per_batch).map(|c| c.to_vec()).collect::<Vec<_>>().into_iter().map(move |c| {
+                    let mut rows: Vec<&[f32]> = Vec::with_capacity(c.len() * n);
+                    for &i in &c {
+                        let v = views[i].get(..n).ok_or_else(|| {
+                            Error::Config(format!("sample {i} has {} cached view(s), test-time augmentation needs {n}", views[i].len()))
+                        })?;
+                        rows.extend(v.iter().map(|f| &f[..]));
+                    }
+                    Ok((HostTensor::stack(feature_shape, &rows), c.iter().map(|&i| labels[i]).collect()))
+                }))
+            }
+            Inputs::Images { pre, paths, labels, tta, .. } => {
+                let (pre, shape, tta) = (*pre, [3, pre.crop as usize, pre.crop as usize], *tta);
+                let items: Vec<(PathBuf, u32)> = paths.iter().cloned().zip(labels.iter().copied()).collect();
+                let loader = Prefetcher::new(items, per_batch, 2, move |(p, l)| pre.views(p, tta.views()).map(|(_, c)| (c, *l)));
+                Box::new(loader.map(move |b| {
+                    let b: Vec<(Vec<Vec<f32>>, u32)> = b.into_iter().collect::<Result<_>>()?;
+                    let rows: Vec<&[f32]> = b.iter().flat_map(|(v, _)| v.iter().map(|x| x.as_slice())).collect();
+                    Ok((HostTensor::stack(&shape, &rows), b.iter().map(|(_, l)| *l).collect()))
+                }))
+            }
+        }
+    }
+}
+
+/// Averages the softmax of each consecutive group of `n` logit rows: one probability row per
+/// sample (`[rows / n, classes]`), computed in f64.
+pub fn mean_softmax(logits: &HostTensor, n: usize) -> HostTensor {
+    let k = logits.row_len();
+    let samples = logits.batch() / n.max(1);
+    let mut out = vec![0f32; samples * k];
+    for s in 0..samples {
+        let mut acc = vec![0f64; k];
+        for r in s * n..(s + 1) * n {
+            let row = logits.row(r);
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
+            let exp: Vec<f64> = row.iter().map(|v| (*v as f64 - max).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            for (a, e) in acc.iter_mut().zip(exp) {
+                *a += e / sum;
+            }
+        }
+        for (o, a) in out[s * k..(s + 1) * k].iter_mut().zip(acc) {
+            *o = (a / n as f64) as f32;
+        }
+    }
+    HostTensor::new(vec![samples, k], out).expect("consistent shape")
+}
+
+/// Evaluates `model` (eval mode) on `inputs`: the centre crop, or with test-time augmentation
+/// the average softmax over `inputs.tta()`'s views.
 pub fn evaluate(model: &mut dyn Model, inputs: &Inputs, classes: usize, batch: usize) -> Result<EvalMetrics> {
     let mut conf = Confusion::new(classes);
-    for b in inputs.batches((0..inputs.len()).collect(), batch, None, 0) {
+    let n = inputs.tta().len();
+    for b in inputs.eval_batches(batch) {
         let (x, labels) = b?;
         let logits = model.logits(&x, inputs.stage())?;
-        conf.add(&labels, &argmax_rows(&logits));
+        let scores = if n == 1 { logits } else { mean_softmax(&logits, n) };
+        conf.add(&labels, &argmax_rows(&scores));
     }
     Ok(conf.into())
 }
@@ -426,7 +495,7 @@ mod tests {
     }
 
     fn cached(n: usize) -> Inputs {
-        Inputs::Cached { feature_shape: vec![2], views: vec![vec![Arc::from(vec![0f32; 2])]; n], labels: vec![0; n] }
+        Inputs::Cached { feature_shape: vec![2], views: vec![vec![Arc::from(vec![0f32; 2])]; n], labels: vec![0; n], tta: Tta::None }
     }
 
     #[test]
@@ -459,6 +528,58 @@ mod tests {
         assert!(e.contains("--steps") && e.contains("at least 1"), "{e}");
         let e = train(&mut Untouchable, &cached(0), &ev, &ev, 2, &TrainConfig::default(), &crate::observer::Silent);
         assert!(e.err().unwrap().to_string().contains("training split is empty"));
+    }
+
+    /// Logits are the cached features themselves.
+    struct Identity;
+    impl Model for Identity {
+        fn policy(&self) -> FreezePolicy {
+            FreezePolicy::default()
+        }
+        fn extract(&mut self, _: &HostTensor) -> Result<HostTensor> {
+            unreachable!("extract")
+        }
+        fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
+            unreachable!("train_step")
+        }
+        fn logits(&mut self, x: &HostTensor, _: Stage) -> Result<HostTensor> {
+            Ok(x.clone())
+        }
+        fn weights(&self) -> Result<WeightSet> {
+            unreachable!("weights")
+        }
+        fn set_weights(&mut self, _: &WeightSet) -> Result<()> {
+            unreachable!("set_weights")
+        }
+        fn train_state(&self) -> Result<crate::backend::TrainState> {
+            unreachable!("train_state")
+        }
+        fn set_train_state(&mut self, _: &crate::backend::TrainState) -> Result<()> {
+            unreachable!("set_train_state")
+        }
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn test_time_augmentation_averages_the_softmax_of_the_views() {
+        // Sample 0 (class 1): the centre leans to class 0, the mirror strongly to class 1.
+        // Sample 1 (class 0): both views say class 0.
+        let v = |a: f32, b: f32| -> Arc<[f32]> { Arc::from(vec![a, b]) };
+        let views = vec![vec![v(1.0, 0.0), v(0.0, 5.0)], vec![v(2.0, 0.0), v(1.0, 0.0)]];
+        let inputs = |tta| Inputs::Cached { feature_shape: vec![2], views: views.clone(), labels: vec![1, 0], tta };
+        for batch in [1, 2, 3, 64] {
+            assert_eq!(evaluate(&mut Identity, &inputs(Tta::None), 2, batch).unwrap().accuracy, 0.5);
+            assert_eq!(evaluate(&mut Identity, &inputs(Tta::Flip), 2, batch).unwrap().accuracy, 1.0);
+        }
+        // Not enough cached views for ten crops: an error, not a panic or a silent centre crop.
+        let e = evaluate(&mut Identity, &inputs(Tta::TenCrop), 2, 64).unwrap_err().to_string();
+        assert!(e.contains("needs 10"), "{e}");
+        let p = mean_softmax(&HostTensor::new(vec![2, 2], vec![1.0, 0.0, 0.0, 5.0]).unwrap(), 2);
+        let s = |a: f64, b: f64| a.exp() / (a.exp() + b.exp());
+        assert!((p.data[0] as f64 - (s(1.0, 0.0) + s(0.0, 5.0)) / 2.0).abs() < 1e-7);
+        assert!((p.data.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -337,12 +337,16 @@ impl Model for BurnModel {
         if labels.len() != n {
             return Err(err(format!("{} labels for a batch of {n}", labels.len())));
         }
-        let mut onehot = vec![0f32; n * classes];
+        // One-hot, or label-smoothed: (1 − ε)·one-hot + ε/classes.
+        let eps = self.cfg.label_smoothing as f64;
+        let mut target = vec![0f32; n * classes];
         for (i, &l) in labels.iter().enumerate() {
-            onehot[i * classes + l as usize] = 1.0;
+            for j in 0..classes {
+                target[i * classes + j] = alexnet_core::metrics::smoothed_target(j, l as usize, classes, eps) as f32;
+            }
         }
-        let onehot = Tensor::<2>::from_data(TensorData::new(onehot, vec![n, classes]), &self.device);
-        let loss = log_softmax(logits.clone(), 1).mul(onehot).sum().neg().div_scalar(n as f64);
+        let target = Tensor::<2>::from_data(TensorData::new(target, vec![n, classes]), &self.device);
+        let loss = log_softmax(logits.clone(), 1).mul(target).sum().neg().div_scalar(n as f64);
         let mut grads = loss.backward();
         let host_logits = download(logits.inner())?;
         let correct = argmax_rows(&host_logits).iter().zip(labels).filter(|(p, l)| **p == **l).count();

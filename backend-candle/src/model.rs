@@ -172,7 +172,7 @@ impl CandleModel {
         // Softmax cross-entropy on the host: [N, classes] is tiny.
         let logits = to_host(&h)?;
         let (n, k) = (logits.batch(), logits.row_len());
-        let (loss, dlogits) = alexnet_core::metrics::cross_entropy(&logits, labels);
+        let (loss, dlogits) = alexnet_core::metrics::cross_entropy(&logits, labels, self.cfg.label_smoothing);
         let predicted = alexnet_core::metrics::argmax_rows(&logits);
         let correct = predicted.iter().zip(labels).filter(|(p, y)| p == y).count();
         let mut dz = Tensor::from_vec(dlogits, (n, k), &self.device).map_err(err)?;

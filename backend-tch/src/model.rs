@@ -167,8 +167,18 @@ impl Model for TchModel {
         let logits = self.head(input, true)?;
         let targets =
             Tensor::f_from_slice(&labels.iter().map(|l| *l as i64).collect::<Vec<_>>()).and_then(|t| t.f_to_device(self.device)).map_err(err)?;
-        let loss =
-            logits.f_log_softmax(-1, Kind::Float).and_then(|l| l.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)).map_err(err)?;
+        let log_p = logits.f_log_softmax(-1, Kind::Float).map_err(err)?;
+        let eps = self.cfg.label_smoothing as f64;
+        let loss = if eps == 0.0 {
+            log_p.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)
+        } else {
+            // −Σ target·log p with target = (1 − ε)·one-hot + ε/classes, averaged over the batch.
+            log_p.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100).and_then(|nll| {
+                let uniform = log_p.f_mean_dim(-1, false, Kind::Float)?.f_mean(Kind::Float)?.f_neg()?;
+                nll.f_mul_scalar(1.0 - eps)?.f_add(&uniform.f_mul_scalar(eps)?)
+            })
+        }
+        .map_err(err)?;
         let correct = logits.f_argmax(1, false).and_then(|p| p.f_eq_tensor(&targets)).and_then(|e| e.f_sum(Kind::Int64)).map_err(err)?;
         loss.f_backward().map_err(err)?;
         self.steps += 1;

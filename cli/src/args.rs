@@ -13,7 +13,13 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "alexnet", version, about = "Fine-tune an ImageNet AlexNet on a folder of labelled photos (one sub-folder per class).")]
+#[command(
+    name = "alexnet",
+    version,
+    about = "Fine-tune an ImageNet AlexNet on a folder of labelled photos (one sub-folder per class).",
+    // A flag given twice takes the last value (`experiment --vary` appends its values so).
+    args_override_self = true
+)]
 pub struct Cli {
     /// Compute backend (`all`: every backend built in, for `experiment`).
     #[arg(long, global = true, value_enum, default_value = "candle")]
@@ -92,6 +98,28 @@ impl BackendArg {
 pub enum OptimizerArg {
     Sgd,
     Adam,
+}
+
+/// `--tta`: test-time augmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TtaArg {
+    /// The centre crop alone.
+    None,
+    /// The centre crop and its mirror image.
+    Flip,
+    /// The centre and four corner crops, each also mirrored.
+    TenCrop,
+}
+
+impl TtaArg {
+    pub fn core(self) -> alexnet_core::data::Tta {
+        use alexnet_core::data::Tta;
+        match self {
+            TtaArg::None => Tta::None,
+            TtaArg::Flip => Tta::Flip,
+            TtaArg::TenCrop => Tta::TenCrop,
+        }
+    }
 }
 
 /// `--on-conflict`.
@@ -210,11 +238,21 @@ pub struct DataArgs {
     /// Views cached per training image: the centre crop plus N−1 random crops with flips.
     /// Default 4 for alexnet; 1 for a frozen backbone (retrain.py's recipe: its extraction is
     /// the whole cost, 8× AlexNet's per image).
-    #[arg(long, value_parser = at_least_one::<u32>)]
+    #[arg(long, value_parser = cache_views)]
     pub cache_views: Option<u32>,
     /// Store cached features as f16 (half the disk and memory).
     #[arg(long)]
     pub cache_f16: bool,
+    /// Colour jitter of the random training views (cached or not): brightness, contrast and
+    /// saturation factors each drawn from U[1 − S, 1 + S], as torchvision's ColorJitter(S, S, S);
+    /// 0 is off. In [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = unit_interval, allow_negative_numbers = true)]
+    pub color_jitter: f32,
+    /// Test-time augmentation for validation and test: average the softmax over the centre crop
+    /// and its mirror (flip) or over ten crops (centre and corners, each mirrored); their
+    /// features are cached like the training views.
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: TtaArg,
     /// Skip unusable images (empty, not an image, truncated, undecodable; listed in the report)
     /// instead of stopping with the list of them.
     #[arg(long)]
@@ -279,6 +317,9 @@ pub struct OptimArgs {
     /// Dropout probability before fc6 and fc7, in [0, 1).
     #[arg(long, default_value_t = 0.5, value_parser = dropout, allow_negative_numbers = true)]
     pub dropout: f32,
+    /// Label smoothing ε in [0, 1): the cross-entropy target is (1 − ε)·one-hot + ε/classes.
+    #[arg(long, default_value_t = 0.0, value_parser = dropout, allow_negative_numbers = true)]
+    pub label_smoothing: f32,
 }
 
 #[derive(Args)]
@@ -319,9 +360,59 @@ pub struct ExperimentArgs {
     /// Output folder: experiment.json, experiment.md, accuracy_vs_step.*, accuracy_vs_time.*.
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
+    /// Compare variants of one setting: FLAG=V1,V2,… runs everything once per value, as if
+    /// `--FLAG V` were given (e.g. `tta=none,flip`, `label-smoothing=0,0.1`,
+    /// `cache-views=4,8`); the tables pair the variants fold by fold, chosen on validation.
+    #[arg(long, value_name = "FLAG=V1,V2,...")]
+    pub vary: Option<String>,
     /// Redraw the table and plots from --out's experiment.json without training.
     #[arg(long)]
     pub replot: bool,
+}
+
+/// Experiment flags `--vary` may not change: they define what is compared, or where it goes.
+const NOT_VARIED: [&str; 9] = ["data", "out", "policies", "backbones", "folds", "repeats", "vary", "replot", "cache-dir"];
+
+/// The variants `--vary FLAG=V1,V2` asks for: per value its label (`FLAG=V`) and the experiment
+/// options as parsed with `--FLAG V` appended to this process's command line. Empty without
+/// --vary. A flag that does not exist, takes no value, or may not vary, or a bad value, is a
+/// usage error.
+pub fn vary(a: &ExperimentArgs) -> Result<Vec<(String, ExperimentArgs)>, clap::Error> {
+    let Some(spec) = &a.vary else { return Ok(vec![]) };
+    let bad =
+        |msg: String| usage_error("experiment", ErrorKind::InvalidValue, format!("invalid value '{spec}' for '--vary <FLAG=V1,V2,...>': {msg}"));
+    let (flag, values) = spec.split_once('=').ok_or_else(|| bad("expected FLAG=V1,V2,… (e.g. tta=none,flip)".into()))?;
+    let flag = flag.trim_start_matches("--");
+    let cmd = Cli::command();
+    let sub = cmd.find_subcommand("experiment").expect("experiment subcommand");
+    let known = sub.get_arguments().find(|x| x.get_long() == Some(flag));
+    match known {
+        None => return Err(bad(format!("experiment has no --{flag}"))),
+        Some(_) if NOT_VARIED.contains(&flag) => return Err(bad(format!("--{flag} defines the experiment and cannot vary"))),
+        Some(x) if !x.get_action().takes_values() => return Err(bad(format!("--{flag} takes no value"))),
+        Some(_) => {}
+    }
+    let values: Vec<&str> = values.split(',').map(str::trim).collect();
+    if values.len() < 2 || values.iter().any(|v| v.is_empty()) {
+        return Err(bad("give at least two non-empty values, comma-separated".into()));
+    }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    values
+        .into_iter()
+        .map(|v| {
+            let mut args = argv.clone();
+            args.extend([format!("--{flag}").into(), v.into()]);
+            let mut cli = Cli::try_parse_from(args)?;
+            cli.apply_globals();
+            match cli.command {
+                Command::Experiment(mut e) => {
+                    e.vary = None;
+                    Ok((format!("{flag}={v}"), e))
+                }
+                _ => unreachable!("parsed the experiment command line"),
+            }
+        })
+        .collect()
 }
 
 #[derive(Args)]
@@ -341,6 +432,9 @@ pub struct EvalArgs {
     pub json: bool,
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub batch_size: usize,
+    /// Test-time augmentation (default: what the model was trained with, in model.json).
+    #[arg(long, value_enum)]
+    pub tta: Option<TtaArg>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -364,6 +458,9 @@ pub struct PredictArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Test-time augmentation (default: what the model was trained with, in model.json).
+    #[arg(long, value_enum)]
+    pub tta: Option<TtaArg>,
 }
 
 #[derive(Subcommand)]
@@ -454,6 +551,8 @@ impl DataArgs {
             ConflictArg::Keep => OnConflict::Keep,
         };
         cfg.extract_batch = self.extract_batch;
+        cfg.augment = alexnet_core::data::Augment { color_jitter: self.color_jitter };
+        cfg.tta = self.tta.core();
         cfg
     }
 }
@@ -480,7 +579,7 @@ impl OptimArgs {
             OptimizerArg::Adam => OptimizerConfig::adam(),
         };
         let optimizer = OptimizerConfig { weight_decay: self.weight_decay, conv_lr_mult: self.conv_lr_mult, ..optimizer };
-        cfg.model = cfg.model.with_optimizer(optimizer).with_dropout(self.dropout);
+        cfg.model = cfg.model.with_optimizer(optimizer).with_dropout(self.dropout).with_label_smoothing(self.label_smoothing);
         cfg.train = TrainConfig {
             epochs: cfg.train.epochs,
             max_steps: cfg.train.max_steps,
@@ -533,6 +632,17 @@ fn non_negative(s: &str) -> Result<f32, String> {
 /// A probability in [0, 1).
 fn dropout(s: &str) -> Result<f32, String> {
     float(s).ok().filter(|v| (0.0..1.0).contains(v)).map(|v| v as f32).ok_or_else(|| "expected a number in [0, 1)".into())
+}
+
+/// Cached training views per image: 1 to [`MAX_CACHE_VIEWS`](alexnet_core::job::MAX_CACHE_VIEWS).
+fn cache_views(s: &str) -> Result<u32, String> {
+    let max = alexnet_core::job::MAX_CACHE_VIEWS;
+    s.parse::<u32>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| format!("expected a whole number from 1 to {max}"))
+}
+
+/// A number in [0, 1].
+fn unit_interval(s: &str) -> Result<f32, String> {
+    float(s).ok().filter(|v| (0.0..=1.0).contains(v)).map(|v| v as f32).ok_or_else(|| "expected a number in [0, 1]".into())
 }
 
 /// A percentage in [0, 100).
@@ -588,6 +698,14 @@ fn core_message(e: alexnet_core::Error) -> String {
 /// The checks that need more than one flag, run before any work (scan, weights fetch, cache
 /// fill). Errors are clap usage errors: `error: ...`, the usage line, exit status 2.
 pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
+    // Every variant of `experiment --vary` is checked as its own command line.
+    if let Command::Experiment(a) = &cli.command {
+        if !a.replot {
+            for (_, e) in vary(a)? {
+                validate(&Cli { backend: cli.backend, device: cli.device, backbone: cli.backbone, command: Command::Experiment(e) })?;
+            }
+        }
+    }
     let (sub, data) = match &cli.command {
         Command::Train(a) => ("train", Some(&a.job.data)),
         Command::Extract(a) => ("extract", Some(&a.job.data)),

@@ -105,6 +105,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
         split: cfg.split,
         backbone: cfg.backbone,
         backbone_weights: (cfg.backbone != alexnet_core::backbone::Backbone::AlexNet).then(|| cfg.weights.clone()).flatten(),
+        tta: cfg.tta,
     };
     rundir::save(out, &best, &info)?;
     alexnet_core::write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report)?)?;
@@ -268,6 +269,8 @@ fn eval(backend: &dyn Backend, args: EvalArgs) -> Result<()> {
         pre: info.preprocess,
         paths: picked.iter().map(|s| s.path.clone()).collect(),
         labels: picked.iter().map(|s| map[s.label]).collect(),
+        augment: Default::default(),
+        tta: args.tta.map_or(info.tta, |t| t.core()),
     };
     let m = evaluate(model.as_mut(), &inputs, info.classes.len(), args.batch_size)?;
     if args.json {
@@ -295,19 +298,17 @@ fn predict(backend: &dyn Backend, args: PredictArgs) -> Result<()> {
     let run = rundir::RunDir::open(&args.model)?;
     let info = &run.info;
     let mut model = inference_model(backend, &run)?;
+    let tta = args.tta.map_or(info.tta, |t| t.core());
     for path in &args.images {
-        let (_, crops) = info.preprocess.views(path, &[alexnet_core::data::View::Center])?;
+        let (_, crops) = info.preprocess.views(path, tta.views())?;
         let c = info.preprocess.crop as usize;
-        let x = HostTensor::new(vec![1, 3, c, c], crops.into_iter().next().expect("one view"))?;
-        let logits = model.logits(&x, Stage::Image)?;
-        let row = logits.row(0);
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-        let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
-        let sum: f32 = exp.iter().sum();
-        let mut ranked: Vec<(usize, f32)> = exp.iter().map(|e| e / sum).enumerate().collect();
+        let x = HostTensor::new(vec![tta.len(), 3, c, c], crops.concat())?;
+        // The softmax, averaged over the test-time views.
+        let probs = alexnet_core::train::mean_softmax(&model.logits(&x, Stage::Image)?, tta.len());
+        let mut ranked: Vec<(usize, f32)> = probs.row(0).iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         ranked.truncate(args.top_k);
-        debug_assert_eq!(ranked[0].0 as u32, argmax_rows(&logits)[0]);
+        debug_assert_eq!(ranked[0].0 as u32, argmax_rows(&probs)[0]);
         if args.json {
             let top: Vec<_> = ranked.iter().map(|(i, p)| serde_json::json!({"class": info.classes[*i], "probability": p})).collect();
             println!("{}", serde_json::json!({"image": path.display().to_string(), "top": top}));

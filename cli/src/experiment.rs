@@ -17,6 +17,82 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
         return finish(&args.out, &rep);
     }
     let classes = check_data(&args.data)?.classes.len();
+    // `--vary`: one configuration per value, each checked before anything runs.
+    let variants = crate::args::vary(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let configs: Vec<ExperimentConfig> = if variants.is_empty() {
+        vec![config(&args, classes)?]
+    } else {
+        let mut configs = Vec::new();
+        for (i, (label, a)) in variants.iter().enumerate() {
+            let mut cfg = config(a, classes)?;
+            cfg.recipe = Some(label.clone());
+            // The cached/uncached timing does not depend on the variant: once is enough.
+            if i > 0 {
+                cfg.no_cache_policy = None;
+            }
+            configs.push(cfg);
+        }
+        configs
+    };
+    let cfg = &configs[0];
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let mut policies: Vec<String> = if cfg.alexnet { cfg.policies.iter().map(|p| format!("alexnet {p}")).collect() } else { vec![] };
+    policies.extend(cfg.backbone_jobs.iter().map(|j| format!("{} head", j.backbone)));
+    let runs = match (cfg.folds, cfg.repeats) {
+        (0, 1) => String::new(),
+        (0, r) => format!(" · {r} repeats each"),
+        (k, 1) => format!(" · {k} test folds each"),
+        (k, r) => format!(" · {k} test folds × {r} repeats each"),
+    };
+    let recipes = if variants.is_empty() {
+        String::new()
+    } else {
+        format!(" · variants {}", variants.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>().join(", "))
+    };
+    eprintln!(
+        "alexnet experiment · backends {} · depths {} · {} steps each, evaluated every {}{runs}{recipes} · writing {}",
+        names.join(", "),
+        policies.join(", "),
+        cfg.steps,
+        cfg.eval_every,
+        out.display()
+    );
+    let refs: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
+    let obs = bars();
+    let mut save_err = None;
+    let mut done: Option<ExperimentReport> = None;
+    for cfg in &configs {
+        // Results are written after every run, so an interrupted experiment keeps what it measured.
+        let rep = run_experiment(&refs, cfg, &obs, &mut |r| {
+            if let Err(e) = write(&out, &combined(done.as_ref(), r)) {
+                save_err.get_or_insert(e);
+            }
+        })?;
+        done = Some(combined(done.as_ref(), &rep));
+    }
+    if let Some(e) = save_err {
+        return Err(e);
+    }
+    finish(&out, &done.expect("at least one configuration"))
+}
+
+/// The runs so far of earlier variants followed by `rep`'s.
+fn combined(done: Option<&ExperimentReport>, rep: &ExperimentReport) -> ExperimentReport {
+    match done {
+        None => rep.clone(),
+        Some(d) => {
+            let mut all = d.clone();
+            all.runs.extend(rep.runs.iter().cloned());
+            all.cache_speedups.extend(rep.cache_speedups.iter().cloned());
+            all
+        }
+    }
+}
+
+/// The experiment configuration `args` describe (for a data folder of `classes` classes).
+fn config(args: &ExperimentArgs, classes: usize) -> Result<ExperimentConfig> {
     // `--backbone X` alone compares X; `--backbones` lists them. AlexNet's depths run on `alex`.
     let backbones: Vec<Backbone> =
         if args.backbones.is_empty() { vec![args.data.backbone.core()] } else { args.backbones.iter().map(|b| b.core()).collect() };
@@ -55,39 +131,7 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
         cfg.backbone_jobs.push(job);
     }
     cfg.validate()?;
-
-    let out = args.out.clone();
-    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
-    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
-    let mut policies: Vec<String> = if cfg.alexnet { cfg.policies.iter().map(|p| format!("alexnet {p}")).collect() } else { vec![] };
-    policies.extend(cfg.backbone_jobs.iter().map(|j| format!("{} head", j.backbone)));
-    let runs = match (cfg.folds, cfg.repeats) {
-        (0, 1) => String::new(),
-        (0, r) => format!(" · {r} repeats each"),
-        (k, 1) => format!(" · {k} test folds each"),
-        (k, r) => format!(" · {k} test folds × {r} repeats each"),
-    };
-    eprintln!(
-        "alexnet experiment · backends {} · depths {} · {} steps each, evaluated every {}{runs} · writing {}",
-        names.join(", "),
-        policies.join(", "),
-        cfg.steps,
-        cfg.eval_every,
-        out.display()
-    );
-    let refs: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
-    let obs = bars();
-    let mut save_err = None;
-    // Results are written after every run, so an interrupted experiment keeps what it measured.
-    let rep = run_experiment(&refs, &cfg, &obs, &mut |r| {
-        if let Err(e) = write(&out, r) {
-            save_err.get_or_insert(e);
-        }
-    })?;
-    if let Some(e) = save_err {
-        return Err(e);
-    }
-    finish(&out, &rep)
+    Ok(cfg)
 }
 
 /// Writes everything and prints the table.
@@ -120,6 +164,10 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             .iter()
             .map(|g| {
                 let what = if backbones { format!("{} {}", g.backbone, g.policy) } else { g.policy.clone() };
+                let what = match &g.recipe {
+                    Some(r) => format!("{what} · {r}"),
+                    None => what,
+                };
                 let n = g.runs.len();
                 let name = if several { format!("{} · {what}", g.backend) } else { what };
                 let name = if n > 1 { format!("{name} (mean of {n}, range shaded)") } else { name };

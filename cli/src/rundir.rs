@@ -23,6 +23,9 @@ pub struct ModelInfo {
     /// A frozen described backbone's weights file (the trained head alone is in model.safetensors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_weights: Option<PathBuf>,
+    /// Test-time augmentation the model was selected with (`eval` and `predict` use it).
+    #[serde(default)]
+    pub tta: alexnet_core::data::Tta,
 }
 
 /// Model file names inside a run folder.
@@ -146,6 +149,7 @@ mod tests {
             split: SplitConfig::default(),
             backbone: Backbone::AlexNet,
             backbone_weights: None,
+            tta: Default::default(),
         }
     }
 

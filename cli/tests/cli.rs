@@ -203,13 +203,67 @@ fn experiment_folds_and_repeats_give_spreads() {
     let seeds: Vec<u64> = runs.iter().take(2).map(|r| r["config"]["init_seed"].as_u64().unwrap()).collect();
     assert_eq!(seeds, [0, 1]);
     let md = std::fs::read_to_string(out_dir.join("experiment.md")).unwrap();
-    assert!(md.contains("Test accuracy over 3 test folds × 2 repeats"), "{md}");
+    assert!(md.contains("Accuracy over 3 test folds × 2 repeats"), "{md}");
     assert!(md.contains("| alexnet fc6 | 6 |") && md.contains("| alexnet fc8 | 6 |"), "{md}");
-    assert!(md.contains("Paired differences to the best setting"), "{md}");
+    assert!(md.contains("Paired differences to the setting with the best mean validation accuracy"), "{md}");
     assert!(md.contains("| fold 2/3, seed +1 |"), "{md}");
     for f in ["accuracy_vs_step.png", "accuracy_vs_time.svg"] {
         assert!(out_dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }
     let svg = std::fs::read_to_string(out_dir.join("accuracy_vs_step.svg")).unwrap();
     assert!(svg.contains("mean of 6, range shaded") && svg.contains("<polygon"), "no band in the plot");
+}
+
+/// The recipe options end to end: colour jitter and label smoothing in training, test-time
+/// augmentation cached for validation and test, kept in model.json for `eval` and `predict`;
+/// `experiment --vary` runs one variant per value and pairs them fold by fold.
+#[test]
+fn recipe_options_and_experiment_variants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6);
+    let run = tmp.path().join("run");
+    let w = pretrained_weights();
+    let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
+    let common = ["--data", d, "--weights", wp, "--batch-size", "6", "--cache-views", "2", "--color-jitter", "0.3"];
+    let mut train = vec!["train", "--out", r, "--steps", "2", "--tta", "flip", "--label-smoothing", "0.1"];
+    train.extend(common);
+    let out = alexnet(&train, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["tta"], "flip");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["config"]["model"]["label_smoothing"].as_f64().unwrap() as f32, 0.1);
+    assert_eq!(report["config"]["augment"]["color_jitter"].as_f64().unwrap() as f32, 0.3);
+    // `eval` uses the model's test-time augmentation: the same test accuracy as training reported.
+    let out = alexnet(&["eval", "--model", r, "--data", d, "--split", "test", "--json"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["accuracy"].as_f64().unwrap(), report["test"]["accuracy"].as_f64().unwrap());
+    for tta in ["none", "ten-crop"] {
+        let out = alexnet(&["eval", "--model", r, "--data", d, "--split", "test", "--tta", tta], tmp.path());
+        assert!(out.status.success(), "{tta}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let img = std::fs::read_dir(data.join("roses")).unwrap().next().unwrap().unwrap().path();
+    let out = alexnet(&["predict", "--model", r, "--tta", "ten-crop", "--json", img.to_str().unwrap()], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let exp = tmp.path().join("exp");
+    let mut args = vec!["experiment", "--out", exp.to_str().unwrap(), "--policies", "fc6", "--folds", "2", "--steps", "2", "--eval-every", "1"];
+    args.extend(["--speedup-policy", "none", "--vary", "tta=none,flip"]);
+    args.extend(common);
+    let out = alexnet(&args, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(exp.join("experiment.json")).unwrap()).unwrap();
+    let runs = rep["runs"].as_array().unwrap();
+    let recipes: Vec<&str> = runs.iter().map(|r| r["recipe"].as_str().unwrap()).collect();
+    assert_eq!(recipes, ["tta=none", "tta=none", "tta=flip", "tta=flip"]);
+    assert_eq!(runs[2]["config"]["tta"], "flip");
+    // The variants train identically (same folds and seeds); only the evaluation differs.
+    for fold in 0..2 {
+        let loss = |r: &serde_json::Value| r["curve"].as_array().unwrap().iter().map(|p| p["train_loss"].as_f64().unwrap()).collect::<Vec<_>>();
+        assert_eq!(loss(&runs[fold]), loss(&runs[2 + fold]), "fold {fold}");
+    }
+    let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
+    assert!(md.contains("| alexnet fc6 · tta=flip | 2 |") && md.contains("| alexnet fc6 · tta=none | 2 |"), "{md}");
+    assert!(md.contains("best on validation"), "{md}");
 }

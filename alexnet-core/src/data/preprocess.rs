@@ -1,5 +1,6 @@
 //! Decode → resize shorter side → crop → (flip) → ImageNet normalisation, as torchvision does.
 
+use super::augment::{Anchor, jitter_planes};
 use crate::{Error, Result};
 use image::RgbImage;
 use image::imageops::FilterType;
@@ -31,12 +32,15 @@ impl Default for Preprocess {
 }
 
 /// Which crop of an image to take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum View {
     /// Centre crop, no flip: evaluation.
     Center,
-    /// Random crop position and horizontal flip (p = 0.5), drawn from `seed`: training.
-    Augmented { seed: u64 },
+    /// A fixed crop, optionally mirrored: test-time augmentation ([`Tta`](super::Tta)).
+    Fixed { at: Anchor, flip: bool },
+    /// Random crop position and horizontal flip (p = 0.5), then colour jitter of strength
+    /// `color` (0: none), all drawn from `seed`: training.
+    Augmented { seed: u64, color: f32 },
 }
 
 /// A decoded, resized image with the hash of its file's bytes.
@@ -92,25 +96,59 @@ impl Preprocess {
     pub fn crop_into(&self, img: &RgbImage, view: View, out: &mut [f32]) {
         let c = self.crop;
         let (w, h) = img.dimensions();
+        let mut jitter = None;
         let (x0, y0, flip) = match view {
-            View::Center => (((w - c) as f32 / 2.0).round() as u32, ((h - c) as f32 / 2.0).round() as u32, false),
-            View::Augmented { seed } => {
+            View::Center => {
+                let (x, y) = Anchor::Center.origin(w, h, c);
+                (x, y, false)
+            }
+            View::Fixed { at, flip } => {
+                let (x, y) = at.origin(w, h, c);
+                (x, y, flip)
+            }
+            View::Augmented { seed, color } => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                (rng.random_range(0..=w - c), rng.random_range(0..=h - c), rng.random_bool(0.5))
+                // Drawn after the crop, so a view's crop is the same with or without jitter.
+                let pos = (rng.random_range(0..=w - c), rng.random_range(0..=h - c), rng.random_bool(0.5));
+                if color > 0.0 {
+                    jitter = Some(std::array::from_fn(|_| rng.random_range(1.0 - color..=1.0 + color).max(0.0)));
+                }
+                pos
             }
         };
         let plane = (c * c) as usize;
-        let scale: [f32; 3] = std::array::from_fn(|k| 1.0 / (255.0 * self.std[k]));
-        let shift: [f32; 3] = std::array::from_fn(|k| self.mean[k] / self.std[k]);
         let raw = img.as_raw();
-        for y in 0..c {
-            let row = ((y0 + y) * w) as usize * 3;
-            for x in 0..c {
-                let sx = if flip { x0 + c - 1 - x } else { x0 + x } as usize;
-                let px = &raw[row + sx * 3..row + sx * 3 + 3];
-                let o = (y * c + x) as usize;
+        let each_pixel = |f: &mut dyn FnMut(usize, &[u8])| {
+            for y in 0..c {
+                let row = ((y0 + y) * w) as usize * 3;
+                for x in 0..c {
+                    let sx = if flip { x0 + c - 1 - x } else { x0 + x } as usize;
+                    f((y * c + x) as usize, &raw[row + sx * 3..row + sx * 3 + 3]);
+                }
+            }
+        };
+        match jitter {
+            None => {
+                let scale: [f32; 3] = std::array::from_fn(|k| 1.0 / (255.0 * self.std[k]));
+                let shift: [f32; 3] = std::array::from_fn(|k| self.mean[k] / self.std[k]);
+                each_pixel(&mut |o, px| {
+                    for k in 0..3 {
+                        out[k * plane + o] = px[k] as f32 * scale[k] - shift[k];
+                    }
+                });
+            }
+            Some(factors) => {
+                // Jitter works on [0, 1] values, as torchvision's does on a float image.
+                each_pixel(&mut |o, px| {
+                    for k in 0..3 {
+                        out[k * plane + o] = px[k] as f32 / 255.0;
+                    }
+                });
+                jitter_planes(&mut out[..3 * plane], plane, factors);
                 for k in 0..3 {
-                    out[k * plane + o] = px[k] as f32 * scale[k] - shift[k];
+                    for v in &mut out[k * plane..(k + 1) * plane] {
+                        *v = (*v - self.mean[k]) / self.std[k];
+                    }
                 }
             }
         }
@@ -163,15 +201,32 @@ mod tests {
             pre.crop_into(&img, v, &mut o);
             o
         };
-        assert_eq!(crop(View::Augmented { seed: 3 }), crop(View::Augmented { seed: 3 }));
-        let distinct: std::collections::HashSet<Vec<u32>> =
-            (0..32).map(|s| crop(View::Augmented { seed: s }).iter().map(|v| v.to_bits()).collect()).collect();
+        let aug = |seed| View::Augmented { seed, color: 0.0 };
+        assert_eq!(crop(aug(3)), crop(aug(3)));
+        let distinct: std::collections::HashSet<Vec<u32>> = (0..32).map(|s| crop(aug(s)).iter().map(|v| v.to_bits()).collect()).collect();
         assert!(distinct.len() > 8, "only {} distinct views", distinct.len());
         // Some view is flipped: red (= x) decreases along a row.
         assert!((0..32).any(|s| {
-            let o = crop(View::Augmented { seed: s });
+            let o = crop(aug(s));
             o[0] > o[1]
         }));
+        // The mirrored centre is the centre crop reversed along each row.
+        let (centre, mirror) = (crop(View::Center), crop(View::Fixed { at: Anchor::Center, flip: true }));
+        for row in 0..12 {
+            let r = row * 4..row * 4 + 4;
+            assert!(centre[r.clone()].iter().rev().eq(mirror[r].iter()));
+        }
+        // Corners differ from the centre and from each other.
+        let corners: std::collections::HashSet<Vec<u32>> = [Anchor::TopLeft, Anchor::TopRight, Anchor::BottomLeft, Anchor::BottomRight]
+            .map(|at| crop(View::Fixed { at, flip: false }).iter().map(|v| v.to_bits()).collect())
+            .into_iter()
+            .collect();
+        assert_eq!(corners.len(), 4);
+        // Colour jitter keeps the crop (same seed) but changes the colours, differently per seed.
+        let jittered = |seed| View::Augmented { seed, color: 0.4 };
+        assert_eq!(crop(jittered(5)), crop(jittered(5)));
+        assert_ne!(crop(jittered(5)), crop(aug(5)));
+        assert_ne!(crop(jittered(5)), crop(jittered(6)));
     }
 
     #[test]

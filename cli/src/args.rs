@@ -360,11 +360,13 @@ pub struct ExperimentArgs {
     /// Output folder: experiment.json, experiment.md, accuracy_vs_step.*, accuracy_vs_time.*.
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
-    /// Compare variants of one setting: FLAG=V1,V2,… runs everything once per value, as if
-    /// `--FLAG V` were given (e.g. `tta=none,flip`, `label-smoothing=0,0.1`,
-    /// `cache-views=4,8`); the tables pair the variants fold by fold, chosen on validation.
+    /// Compare variants of the settings: FLAG=V1,V2,… runs everything once per value, as if
+    /// `--FLAG V` were given (e.g. `tta=none,flip`, `label-smoothing=0,0.1`, `cache-views=4,8`).
+    /// Repeat it to vary several flags, each on its own from the rest of the command line;
+    /// variants with identical settings run once. The tables pair the variants fold by fold,
+    /// and the best is chosen on validation.
     #[arg(long, value_name = "FLAG=V1,V2,...")]
-    pub vary: Option<String>,
+    pub vary: Vec<String>,
     /// Redraw the table and plots from --out's experiment.json without training.
     #[arg(long)]
     pub replot: bool,
@@ -378,41 +380,40 @@ const NOT_VARIED: [&str; 9] = ["data", "out", "policies", "backbones", "folds", 
 /// --vary. A flag that does not exist, takes no value, or may not vary, or a bad value, is a
 /// usage error.
 pub fn vary(a: &ExperimentArgs) -> Result<Vec<(String, ExperimentArgs)>, clap::Error> {
-    let Some(spec) = &a.vary else { return Ok(vec![]) };
-    let bad =
-        |msg: String| usage_error("experiment", ErrorKind::InvalidValue, format!("invalid value '{spec}' for '--vary <FLAG=V1,V2,...>': {msg}"));
-    let (flag, values) = spec.split_once('=').ok_or_else(|| bad("expected FLAG=V1,V2,… (e.g. tta=none,flip)".into()))?;
-    let flag = flag.trim_start_matches("--");
-    let cmd = Cli::command();
-    let sub = cmd.find_subcommand("experiment").expect("experiment subcommand");
-    let known = sub.get_arguments().find(|x| x.get_long() == Some(flag));
-    match known {
-        None => return Err(bad(format!("experiment has no --{flag}"))),
-        Some(_) if NOT_VARIED.contains(&flag) => return Err(bad(format!("--{flag} defines the experiment and cannot vary"))),
-        Some(x) if !x.get_action().takes_values() => return Err(bad(format!("--{flag} takes no value"))),
-        Some(_) => {}
-    }
-    let values: Vec<&str> = values.split(',').map(str::trim).collect();
-    if values.len() < 2 || values.iter().any(|v| v.is_empty()) {
-        return Err(bad("give at least two non-empty values, comma-separated".into()));
-    }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    values
-        .into_iter()
-        .map(|v| {
+    let mut out = Vec::new();
+    for spec in &a.vary {
+        let bad =
+            |msg: String| usage_error("experiment", ErrorKind::InvalidValue, format!("invalid value '{spec}' for '--vary <FLAG=V1,V2,...>': {msg}"));
+        let (flag, values) = spec.split_once('=').ok_or_else(|| bad("expected FLAG=V1,V2,… (e.g. tta=none,flip)".into()))?;
+        let flag = flag.trim_start_matches("--");
+        let cmd = Cli::command();
+        let sub = cmd.find_subcommand("experiment").expect("experiment subcommand");
+        match sub.get_arguments().find(|x| x.get_long() == Some(flag)) {
+            None => return Err(bad(format!("experiment has no --{flag}"))),
+            Some(_) if NOT_VARIED.contains(&flag) => return Err(bad(format!("--{flag} defines the experiment and cannot vary"))),
+            Some(x) if !x.get_action().takes_values() => return Err(bad(format!("--{flag} takes no value"))),
+            Some(_) => {}
+        }
+        let values: Vec<&str> = values.split(',').map(str::trim).collect();
+        if values.iter().any(|v| v.is_empty()) || (a.vary.len() == 1 && values.len() < 2) {
+            return Err(bad("give at least two non-empty values, comma-separated (or several --vary)".into()));
+        }
+        for v in values {
             let mut args = argv.clone();
             args.extend([format!("--{flag}").into(), v.into()]);
             let mut cli = Cli::try_parse_from(args)?;
             cli.apply_globals();
             match cli.command {
                 Command::Experiment(mut e) => {
-                    e.vary = None;
-                    Ok((format!("{flag}={v}"), e))
+                    e.vary.clear();
+                    out.push((format!("{flag}={v}"), e));
                 }
                 _ => unreachable!("parsed the experiment command line"),
             }
-        })
-        .collect()
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Args)]

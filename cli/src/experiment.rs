@@ -22,15 +22,27 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     let configs: Vec<ExperimentConfig> = if variants.is_empty() {
         vec![config(&args, classes)?]
     } else {
-        let mut configs = Vec::new();
-        for (i, (label, a)) in variants.iter().enumerate() {
-            let mut cfg = config(a, classes)?;
-            cfg.recipe = Some(label.clone());
-            // The cached/uncached timing does not depend on the variant: once is enough.
-            if i > 0 {
-                cfg.no_cache_policy = None;
+        // Variants with the same settings (`tta=none` and `label-smoothing=0` are both the
+        // defaults) run once, under both names.
+        let mut configs: Vec<(String, ExperimentConfig)> = Vec::new();
+        for (label, a) in &variants {
+            let cfg = config(a, classes)?;
+            let json = serde_json::to_string(&cfg)?;
+            match configs.iter_mut().find(|(j, _)| *j == json) {
+                Some((_, same)) => same.recipe = Some(format!("{} = {label}", same.recipe.take().unwrap_or_default())),
+                None => configs.push((json, ExperimentConfig { recipe: Some(label.clone()), ..cfg })),
             }
-            configs.push(cfg);
+        }
+        if configs.len() < 2 {
+            anyhow::bail!(
+                "--vary: every variant has the same settings ({}); nothing to compare",
+                variants.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let mut configs: Vec<ExperimentConfig> = configs.into_iter().map(|(_, c)| c).collect();
+        // The cached/uncached timing does not depend on the variant: once is enough.
+        for c in configs.iter_mut().skip(1) {
+            c.no_cache_policy = None;
         }
         configs
     };

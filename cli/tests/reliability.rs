@@ -135,6 +135,7 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         case(job("experiment", &["--vary", "tta=flip"]), 2, &["--vary", "at least two"]),
         case(job("experiment", &["--vary", "tta=none,five-crop"]), 2, &["--tta", "five-crop"]),
         case(job("experiment", &["--vary", "lr=0.01,-1"]), 2, &["--lr", "-1"]),
+        case(job("experiment", &["--vary", "tta=flip", "--vary", "dropout=2"]), 2, &["--dropout", "2"]),
         case(globals(&["--backend", "nope"], train(&[])), 2, &["--backend", "nope"]),
         case(globals(&["--backend", "all"], train(&[])), 2, &["--backend all is for `experiment`"]),
         case(globals(&["--device", "gpu"], train(&[])), 2, &["--device", "cpu, cuda or cuda:N"]),

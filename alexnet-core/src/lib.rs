@@ -22,6 +22,7 @@ pub mod freeze;
 pub mod inception_import;
 pub mod job;
 mod lpips;
+pub mod lr_find;
 pub mod metrics;
 pub mod net;
 pub mod observer;

@@ -126,7 +126,7 @@ impl Inputs {
         }
     }
 
-    fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         match self {
             Inputs::Cached { .. } => Stage::Cut,
             Inputs::Images { .. } => Stage::Image,
@@ -135,7 +135,7 @@ impl Inputs {
 
     /// Batches of (inputs, labels) over `order`, from its `skip`-th batch on (resuming a run:
     /// the skipped batches' random view choices are drawn all the same).
-    fn batches(
+    pub(crate) fn batches(
         &self,
         order: Vec<usize>,
         batch: usize,

@@ -43,6 +43,9 @@ pub enum Command {
     /// Compare fine-tune depths (and backends, with --backend all): accuracy against step and
     /// wall time, cached against uncached speed; writes plots, a markdown table and JSON.
     Experiment(ExperimentArgs),
+    /// Learning-rate range test (fastai's lr_find): train briefly with an exponentially growing
+    /// rate, plot the smoothed loss against it and suggest a --lr.
+    LrFind(LrFindArgs),
     /// Fill the feature cache for a fine-tune depth without training (`--shard I/N`: one of N
     /// disjoint slices, so N processes or hosts fill a shared cache together).
     Extract(ExtractArgs),
@@ -148,6 +151,26 @@ pub struct JobArgs {
     /// Run the frozen layers at every step instead of caching their output.
     #[arg(long)]
     pub no_cache: bool,
+}
+
+#[derive(Args)]
+pub struct LrFindArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// First learning rate of the range.
+    #[arg(long, default_value_t = 1e-6, value_parser = positive, allow_negative_numbers = true)]
+    pub start_lr: f32,
+    /// Last learning rate of the range (the test stops earlier if the loss diverges).
+    #[arg(long, default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
+    pub end_lr: f32,
+    /// Steps from --start-lr to --end-lr (at least 2).
+    #[arg(long, default_value_t = 100, value_parser = at_least_one::<usize>)]
+    pub steps: usize,
+    /// Output folder: lr_find.json, lr_find.png, lr_find.svg.
+    #[arg(long, default_value = "runs/lr-find")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -493,6 +516,7 @@ impl Cli {
     pub fn apply_globals(&mut self) {
         let data = match &mut self.command {
             Command::Train(a) => &mut a.job.data,
+            Command::LrFind(a) => &mut a.job.data,
             Command::Extract(a) => &mut a.job.data,
             Command::Experiment(a) => &mut a.data,
             _ => return,
@@ -709,6 +733,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
     }
     let (sub, data) = match &cli.command {
         Command::Train(a) => ("train", Some(&a.job.data)),
+        Command::LrFind(a) => ("lr-find", Some(&a.job.data)),
         Command::Extract(a) => ("extract", Some(&a.job.data)),
         Command::Experiment(a) => ("experiment", (!a.replot).then_some(&a.data)),
         Command::Eval(_) => ("eval", None),
@@ -731,6 +756,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
     }
     let finetune = match &cli.command {
         Command::Train(a) => a.job.finetune,
+        Command::LrFind(a) => a.job.finetune,
         Command::Extract(a) => a.job.finetune,
         _ => None,
     };
@@ -767,6 +793,17 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
                 format!(
                     "--no-pretrained: {backbone} is used frozen, so it needs its pretrained weights (`alexnet weights fetch --backbone {backbone}`, or --weights FILE)"
                 ),
+            );
+        }
+    }
+    if let Command::LrFind(a) = &cli.command {
+        if a.start_lr >= a.end_lr {
+            return fail(ErrorKind::ArgumentConflict, format!("--start-lr {} must be below --end-lr {}", a.start_lr, a.end_lr));
+        }
+        if a.steps < 2 {
+            return fail(
+                ErrorKind::InvalidValue,
+                format!("invalid value '{}' for '--steps <STEPS>': the range test needs at least 2 steps", a.steps),
             );
         }
     }

@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use crate::args::{Cli, Command, DataArgs, EvalArgs, ExtractArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
+use crate::args::{Cli, Command, DataArgs, EvalArgs, ExtractArgs, LrFindArgs, PredictArgs, SplitArg, TrainArgs, WeightsCommand};
 use crate::progress::Bars;
 use crate::{backends, experiment, plots, rundir, weights_cmd};
 use alexnet_core::data::{Dataset, Split};
@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(&*backends::make(cli.backend.name(), cli.device)?, args),
         Command::Experiment(args) => experiment::run(&backends::make_many(cli.backend.name(), cli.device)?, args),
         Command::Extract(args) => extract(&*backends::make(cli.backend.name(), cli.device)?, args),
+        Command::LrFind(args) => lr_find(&*backends::make(cli.backend.name(), cli.device)?, args),
         Command::Eval(args) => eval(&*backends::make(cli.backend.name(), cli.device)?, args),
         Command::Predict(args) => predict(&*backends::make(cli.backend.name(), cli.device)?, args),
         Command::Selfcheck(args) => crate::selfcheck::run(&backends::make_many(cli.backend.name(), cli.device)?, cli.backbone.core(), args),
@@ -175,6 +176,45 @@ fn trained_layers(r: &RunReport) -> String {
     let p: FreezePolicy = r.policy.parse().unwrap_or_default();
     let t = p.trainable();
     format!("{}–{}", t[0], t[t.len() - 1])
+}
+
+fn lr_find(backend: &dyn Backend, args: LrFindArgs) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: exists and is not a folder", args.out.display());
+    }
+    check_data(&args.job.data)?;
+    let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
+    args.optim.apply(&mut cfg, args.steps);
+    let test = alexnet_core::lr_find::LrFindConfig::new(args.start_lr, args.end_lr, args.steps)
+        .with_batch_size(cfg.train.batch_size)
+        .with_seed(cfg.train.seed);
+    test.validate()?;
+    eprintln!(
+        "alexnet lr-find · {} · backend {} · fine-tune {} · {} steps from {:.0e} to {:.0e}",
+        cfg.backbone,
+        backend.name(),
+        cfg.model.policy,
+        test.steps,
+        test.start,
+        test.end
+    );
+    let obs = bars();
+    let mut p = alexnet_core::job::prepare(backend, &cfg, &obs)?;
+    let rep = alexnet_core::lr_find::lr_find(p.model.as_mut(), &p.train, &test, &obs)?;
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    let json = args.out.join("lr_find.json");
+    alexnet_core::write_atomic(&json, &serde_json::to_vec_pretty(&serde_json::json!({"config": cfg, "lr_find": rep}))?)?;
+    let title = format!("learning-rate range test · {} · fine-tune {} · batch {}", backend.name(), cfg.model.policy, test.batch_size);
+    let mut written = vec![json];
+    written.extend(plots::lr_find(&rep, &title, &args.out.join("lr_find"))?);
+    let show = |v: Option<f32>| v.map_or("none (the loss never fell)".to_string(), |v| format!("{v:.2e}"));
+    if rep.stopped_early {
+        println!("stopped at lr {:.2e} after {} steps: the loss diverged", rep.points.last().map_or(0.0, |p| p.lr), rep.points.len());
+    }
+    println!("steepest descent: lr {}", show(rep.steepest));
+    println!("minimum / 10:     lr {}", show(rep.min_over_10));
+    println!("wrote: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(())
 }
 
 fn extract(backend: &dyn Backend, args: ExtractArgs) -> Result<()> {

@@ -219,3 +219,79 @@ impl Figure for ConfusionFigure<'_> {
         Ok(())
     }
 }
+
+/// `lr_find.png/svg`: loss against learning rate (log scale), raw and smoothed, with the
+/// suggested rates marked.
+pub fn lr_find(rep: &alexnet_core::lr_find::LrFindReport, title: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    both(base, (1000, 620), &LrFigure { rep, title })
+}
+
+struct LrFigure<'a> {
+    rep: &'a alexnet_core::lr_find::LrFindReport,
+    title: &'a str,
+}
+
+impl Figure for LrFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let pts = &self.rep.points;
+        let raw: Vec<(f64, f64)> = pts.iter().filter(|p| p.loss.is_finite()).map(|p| (p.lr as f64, p.loss as f64)).collect();
+        let smooth: Vec<(f64, f64)> = pts.iter().filter(|p| p.smoothed.is_finite()).map(|p| (p.lr as f64, p.smoothed)).collect();
+        let x0 = pts.first().map_or(1e-6, |p| p.lr as f64);
+        let x1 = pts.last().map_or(1.0, |p| p.lr as f64).max(x0 * 10.0);
+        // The y range follows the smoothed curve up to twice its start: a diverging tail would
+        // squash everything else.
+        let first = smooth.first().map_or(1.0, |p| p.1);
+        let lo = smooth.iter().chain(&raw).map(|p| p.1).fold(f64::INFINITY, f64::min).min(first);
+        let hi = (first * 2.0).max(lo * 1.1 + 1e-9);
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d((x0..x1).log_scale(), (lo * 0.9)..hi)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("learning rate (log scale)")
+            .y_desc("training loss")
+            .x_label_formatter(&|v| format!("{v:.0e}"))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        let clip = |v: &[(f64, f64)]| v.iter().map(|(x, y)| (*x, y.min(hi))).collect::<Vec<_>>();
+        let grey = RGBColor(170, 170, 170);
+        chart
+            .draw_series(LineSeries::new(clip(&raw), grey.stroke_width(1)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label("batch loss")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
+        let blue = Palette99::pick(0).to_rgba();
+        chart
+            .draw_series(LineSeries::new(clip(&smooth), blue.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label("smoothed (EMA 0.98)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2)));
+        let marks = [(self.rep.steepest, "steepest descent", Palette99::pick(1)), (self.rep.min_over_10, "minimum / 10", Palette99::pick(3))];
+        for (lr, name, color) in marks {
+            let Some(lr) = lr else { continue };
+            let color = color.to_rgba();
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(lr as f64, lo * 0.9), (lr as f64, hi)], color.stroke_width(2))))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(format!("{name}: {lr:.2e}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+}

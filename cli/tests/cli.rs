@@ -247,6 +247,21 @@ fn recipe_options_and_experiment_variants() {
     let out = alexnet(&["predict", "--model", r, "--tta", "ten-crop", "--json", img.to_str().unwrap()], tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // The learning-rate range test: its curve, suggestions and plot.
+    let lrf = tmp.path().join("lrf");
+    let mut args = vec!["lr-find", "--out", lrf.to_str().unwrap(), "--steps", "8", "--start-lr", "1e-4", "--end-lr", "1"];
+    args.extend(common);
+    let out = alexnet(&args, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("steepest descent: lr") && stdout.contains("minimum / 10:"), "{stdout}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(lrf.join("lr_find.json")).unwrap()).unwrap();
+    let points = j["lr_find"]["points"].as_array().unwrap();
+    assert!(!points.is_empty() && points.len() <= 8);
+    let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();
+    assert!((lrs[0] - 1e-4).abs() < 1e-9 && lrs.windows(2).all(|w| w[1] > w[0]), "{lrs:?}");
+    assert!(lrf.join("lr_find.png").metadata().unwrap().len() > 0 && lrf.join("lr_find.svg").metadata().unwrap().len() > 0);
+
     let exp = tmp.path().join("exp");
     let mut args = vec!["experiment", "--out", exp.to_str().unwrap(), "--policies", "fc6", "--folds", "2", "--steps", "2", "--eval-every", "1"];
     // tta=none and label-smoothing=0 are the same settings: run once, under both names.

@@ -186,6 +186,26 @@ pub fn run_experiment(
     obs: &dyn Observer,
     on_run: &mut dyn FnMut(&ExperimentReport),
 ) -> Result<ExperimentReport> {
+    run_experiment_reusing(backends, cfg, &[], obs, on_run)
+}
+
+/// A finished run of `job` on `backend` among `done`: same backend, device and configuration
+/// (as the report records it: `serde_json::to_value`, whose numbers survive a round trip
+/// through an `experiment.json` exactly).
+fn finished<'a>(done: &'a [RunReport], backend: &dyn Backend, job: &JobConfig) -> Option<&'a RunReport> {
+    let want = serde_json::to_value(job).ok()?;
+    done.iter().find(|r| r.backend == backend.name() && r.device == backend.device_name() && r.config == want)
+}
+
+/// [`run_experiment`], taking a run's report from `done` (an earlier, interrupted or
+/// overlapping experiment) instead of training again when one has exactly its settings.
+pub fn run_experiment_reusing(
+    backends: &[&dyn Backend],
+    cfg: &ExperimentConfig,
+    done: &[RunReport],
+    obs: &dyn Observer,
+    on_run: &mut dyn FnMut(&ExperimentReport),
+) -> Result<ExperimentReport> {
     cfg.validate()?;
     let mut rep = ExperimentReport {
         tool: format!("alexnet-rs {}", env!("CARGO_PKG_VERSION")),
@@ -212,8 +232,18 @@ pub fn run_experiment(
         let policies: &[FreezePolicy] = if cfg.alexnet { &cfg.policies } else { &[] };
         for policy in policies {
             for &(fold, r) in &variants {
-                obs.message(&format!("experiment: {} · fine-tune {policy} · {} steps{}", backend.name(), cfg.steps, label(fold, r)));
-                let (mut report, _) = run(*backend, &with_variant(job_for(cfg, &cfg.base, *policy, cfg.steps, true), fold, r), obs)?;
+                let job = with_variant(job_for(cfg, &cfg.base, *policy, cfg.steps, true), fold, r);
+                let what = format!("experiment: {} · fine-tune {policy} · {} steps{}", backend.name(), cfg.steps, label(fold, r));
+                let mut report = match finished(done, *backend, &job) {
+                    Some(d) => {
+                        obs.message(&format!("{what}: reused, already in experiment.json"));
+                        d.clone()
+                    }
+                    None => {
+                        obs.message(&what);
+                        run(*backend, &job, obs)?.0
+                    }
+                };
                 report.repeat = r;
                 report.recipe = cfg.recipe.clone();
                 rep.runs.push(report);
@@ -222,8 +252,18 @@ pub fn run_experiment(
         }
         for job in &cfg.backbone_jobs {
             for &(fold, r) in &variants {
-                obs.message(&format!("experiment: {} · {} · new head · {} steps{}", backend.name(), job.backbone, cfg.steps, label(fold, r)));
-                let (mut report, _) = run(*backend, &with_variant(job_for(cfg, job, job.model.policy, cfg.steps, true), fold, r), obs)?;
+                let job = with_variant(job_for(cfg, job, job.model.policy, cfg.steps, true), fold, r);
+                let what = format!("experiment: {} · {} · new head · {} steps{}", backend.name(), job.backbone, cfg.steps, label(fold, r));
+                let mut report = match finished(done, *backend, &job) {
+                    Some(d) => {
+                        obs.message(&format!("{what}: reused, already in experiment.json"));
+                        d.clone()
+                    }
+                    None => {
+                        obs.message(&what);
+                        run(*backend, &job, obs)?.0
+                    }
+                };
                 report.repeat = r;
                 report.recipe = cfg.recipe.clone();
                 rep.runs.push(report);

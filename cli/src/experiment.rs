@@ -4,7 +4,7 @@ use crate::args::{BackboneArg, DataArgs, ExperimentArgs};
 use crate::commands::{bars, check_data, resolve_weights};
 use crate::plots::{LineChart, Series, both};
 use alexnet_core::backbone::Backbone;
-use alexnet_core::experiment::{ExperimentConfig, ExperimentReport, run_experiment};
+use alexnet_core::experiment::{ExperimentConfig, ExperimentReport, run_experiment_reusing};
 use alexnet_core::{AlexNetSpec, Backend, WeightSet};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -75,9 +75,24 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     let obs = bars();
     let mut save_err = None;
     let mut done: Option<ExperimentReport> = None;
+    // Runs already in --out's experiment.json with exactly the same settings (an interrupted
+    // experiment, or one with other variants) are taken from it, not trained again.
+    let json = out.join("experiment.json");
+    let earlier: Vec<alexnet_core::report::RunReport> = match std::fs::read(&json) {
+        Ok(bytes) => serde_json::from_slice::<ExperimentReport>(&bytes).map(|r| r.runs).unwrap_or_else(|e| {
+            eprintln!("warning: {}: not readable as an experiment.json ({e}); every run trains afresh", json.display());
+            vec![]
+        }),
+        Err(_) => vec![],
+    };
+    if !earlier.is_empty() {
+        // This experiment's file will hold its own runs only: keep the earlier one beside it.
+        let previous = out.join("experiment.previous.json");
+        std::fs::copy(&json, &previous).with_context(|| previous.display().to_string())?;
+    }
     for cfg in &configs {
         // Results are written after every run, so an interrupted experiment keeps what it measured.
-        let rep = run_experiment(&refs, cfg, &obs, &mut |r| {
+        let rep = run_experiment_reusing(&refs, cfg, &earlier, &obs, &mut |r| {
             if let Err(e) = write(&out, &combined(done.as_ref(), r)) {
                 save_err.get_or_insert(e);
             }

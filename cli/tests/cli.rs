@@ -279,6 +279,14 @@ fn recipe_options_and_experiment_variants() {
         let loss = |r: &serde_json::Value| r["curve"].as_array().unwrap().iter().map(|p| p["train_loss"].as_f64().unwrap()).collect::<Vec<_>>();
         assert_eq!(loss(&runs[fold]), loss(&runs[2 + fold]), "fold {fold}");
     }
+    // The same command again trains nothing: every run is taken from experiment.json.
+    let again = alexnet(&args, tmp.path());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("reused, already in experiment.json").count(), 4, "{stderr}");
+    let rep2: serde_json::Value = serde_json::from_slice(&std::fs::read(exp.join("experiment.json")).unwrap()).unwrap();
+    assert_eq!(rep2["runs"], rep["runs"]);
+    assert!(exp.join("experiment.previous.json").exists());
     let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
     assert!(md.contains("| alexnet fc6 · tta=flip | 2 |") && md.contains("| alexnet fc6 · tta=none = label-smoothing=0 | 2 |"), "{md}");
     assert!(md.contains("best on validation"), "{md}");

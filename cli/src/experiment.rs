@@ -220,6 +220,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
         (false, true) => "backbone and depth",
         (false, false) => "fine-tune depth",
     };
+    let what = if rep.runs.iter().any(|r| r.recipe.is_some()) { format!("{what} and variant") } else { what.to_string() };
     // Other backbones' heads train with their own batch size.
     let batch = if backbones { String::new() } else { format!(" · batch {}", rep.batch_size) };
     let title = format!("test accuracy by {what} · {}{batch}", rep.runs[0].device);

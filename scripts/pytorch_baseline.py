@@ -6,7 +6,7 @@ relative path, 10,000 buckets), same preprocessing (shorter side to 256 with an 
 bilinear filter, truncated; centre crop 224 rounded; random crop + flip for the extra cached
 views; ImageNet normalisation), same weights file (the conv1-conv5 safetensors written by
 `alexnet weights fetch`; fc6-fc8 from torchvision's default U(+-1/sqrt(fan_in)) initialisation),
-same policy, optimiser and schedule (SGD momentum 0.9, L2 weight decay 5e-4, lr 0.005 with cosine
+same policy, optimiser and schedule (SGD momentum 0.9, L2 weight decay 5e-4, lr 0.01 (0.005 before 2026-12-01) with cosine
 decay to 0, conv layers at 0.1x the rate, dropout 0.5, batch 64), same evaluation (val and test
 every K steps; the reported test accuracy is the one at the best validation point).
 
@@ -425,7 +425,7 @@ def main():
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--no-cache-steps", type=int, default=20, help="steps of the uncached fc6 timing run (0 skips it)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--lr", type=float, default=0.01)  # the tool's default since 2026-12-01 (0.005 before)
     ap.add_argument("--conv-lr-mult", type=float, default=0.1)
     ap.add_argument("--cache-views", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)

@@ -91,9 +91,14 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// Seeds the backend's dropout masks.
     pub seed: u64,
-    /// Label smoothing ε: the cross-entropy target is (1 − ε)·one-hot + ε/classes.
-    #[serde(default)]
+    /// Label smoothing ε: the cross-entropy target is (1 − ε)·one-hot + ε/classes (left out
+    /// of the JSON when 0, so configurations from before it existed still match).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl ModelConfig {

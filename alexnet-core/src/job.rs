@@ -73,12 +73,13 @@ pub struct JobConfig {
     /// absent, so N such jobs fill one cache between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
-    /// Colour jitter of the random training views (cached or not).
-    #[serde(default)]
+    /// Colour jitter of the random training views (cached or not). Left out of the JSON when
+    /// off (as `tta` when none), so configurations from before these existed still match.
+    #[serde(default, skip_serializing_if = "Augment::is_off")]
     pub augment: Augment,
     /// Test-time augmentation for validation and test (and so for model selection); its
     /// views are cached like the training views.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Tta::is_centre_only")]
     pub tta: Tta,
 }
 

@@ -320,7 +320,7 @@ pub struct OptimArgs {
     /// Samples per step (default 64; 100 for a new head on a frozen backbone, as retrain.py).
     #[arg(long, value_parser = at_least_one::<usize>)]
     pub batch_size: Option<usize>,
-    /// Base learning rate, > 0 (default 0.005 for SGD, 0.01 for a new head on a frozen
+    /// Base learning rate, > 0 (default 0.01 for SGD, 0.01 for a new head on a frozen
     /// backbone, 1e-4 for Adam).
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub lr: Option<f32>,
@@ -610,7 +610,7 @@ impl OptimArgs {
             max_steps: cfg.train.max_steps,
             batch_size: self.batch_size.unwrap_or(if cfg.backbone == Backbone::AlexNet { 64 } else { HEAD_BATCH }),
             lr: self.lr.unwrap_or(match (self.optimizer, cfg.backbone) {
-                (OptimizerArg::Sgd, Backbone::AlexNet) => 0.005,
+                (OptimizerArg::Sgd, Backbone::AlexNet) => alexnet_core::train::DEFAULT_LR,
                 (OptimizerArg::Sgd, _) => HEAD_LR,
                 (OptimizerArg::Adam, _) => 1e-4,
             }),

@@ -112,11 +112,11 @@ fn a_checkpoint_of_other_settings_is_refused_naming_the_difference() {
     let (out, cache) = (tmp.path().join("run"), tmp.path().join("cache"));
     let ckpt = out.join("checkpoint.safetensors");
     kill_when(run.command(&out, &cache).spawn().unwrap(), "the first checkpoint", || ckpt.exists());
-    let o = run.command(&out, &cache).args(["--lr", "0.01"]).output().unwrap();
+    let o = run.command(&out, &cache).args(["--lr", "0.02"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && stderr.contains("train.lr: 0.005 → 0.01") && stderr.contains("--restart"), "{stderr}");
+    assert!(!o.status.success() && stderr.contains("train.lr: 0.01 → 0.02") && stderr.contains("--restart"), "{stderr}");
     // --restart discards it and runs afresh to the end.
-    let o = run.command(&out, &cache).args(["--lr", "0.01", "--restart"]).output().unwrap();
+    let o = run.command(&out, &cache).args(["--lr", "0.02", "--restart"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && stderr.contains("discarded the checkpoint"), "{stderr}");
     assert!(out.join("model.safetensors").exists() && !ckpt.exists());

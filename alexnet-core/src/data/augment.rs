@@ -79,6 +79,11 @@ impl Tta {
         &TEN[..self.len()]
     }
 
+    /// The centre crop alone (no test-time augmentation).
+    pub fn is_centre_only(&self) -> bool {
+        *self == Tta::None
+    }
+
     /// Number of views averaged.
     pub fn len(self) -> usize {
         match self {

@@ -228,25 +228,29 @@ pub fn run_experiment_reusing(
         };
         format!("{recipe}{run}")
     };
+    // A run of `job` (repeat `r`): taken from `done` when it holds one with these settings.
+    let run_or_reuse = |backend: &dyn Backend, job: &JobConfig, what: &str, r: u64| -> Result<RunReport> {
+        let mut report = match finished(done, backend, job) {
+            Some(d) => {
+                obs.message(&format!("{what}: reused, already in experiment.json"));
+                d.clone()
+            }
+            None => {
+                obs.message(what);
+                run(backend, job, obs)?.0
+            }
+        };
+        report.repeat = r;
+        report.recipe = cfg.recipe.clone();
+        Ok(report)
+    };
     for backend in backends {
         let policies: &[FreezePolicy] = if cfg.alexnet { &cfg.policies } else { &[] };
         for policy in policies {
             for &(fold, r) in &variants {
                 let job = with_variant(job_for(cfg, &cfg.base, *policy, cfg.steps, true), fold, r);
                 let what = format!("experiment: {} · fine-tune {policy} · {} steps{}", backend.name(), cfg.steps, label(fold, r));
-                let mut report = match finished(done, *backend, &job) {
-                    Some(d) => {
-                        obs.message(&format!("{what}: reused, already in experiment.json"));
-                        d.clone()
-                    }
-                    None => {
-                        obs.message(&what);
-                        run(*backend, &job, obs)?.0
-                    }
-                };
-                report.repeat = r;
-                report.recipe = cfg.recipe.clone();
-                rep.runs.push(report);
+                rep.runs.push(run_or_reuse(*backend, &job, &what, r)?);
                 on_run(&rep);
             }
         }
@@ -254,19 +258,7 @@ pub fn run_experiment_reusing(
             for &(fold, r) in &variants {
                 let job = with_variant(job_for(cfg, job, job.model.policy, cfg.steps, true), fold, r);
                 let what = format!("experiment: {} · {} · new head · {} steps{}", backend.name(), job.backbone, cfg.steps, label(fold, r));
-                let mut report = match finished(done, *backend, &job) {
-                    Some(d) => {
-                        obs.message(&format!("{what}: reused, already in experiment.json"));
-                        d.clone()
-                    }
-                    None => {
-                        obs.message(&what);
-                        run(*backend, &job, obs)?.0
-                    }
-                };
-                report.repeat = r;
-                report.recipe = cfg.recipe.clone();
-                rep.runs.push(report);
+                rep.runs.push(run_or_reuse(*backend, &job, &what, r)?);
                 on_run(&rep);
             }
         }

@@ -52,7 +52,7 @@ impl LrFindConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if !(self.start.is_finite() && self.end.is_finite() && self.start > 0.0 && self.start < self.end) {
-            return bad(format!("the range needs 0 < --start-lr < --end-lr, got {} and {}", self.start, self.end));
+            return bad(format!("--start-lr {} must be below --end-lr {}, both finite and > 0", self.start, self.end));
         }
         if self.steps < 2 {
             return bad(format!("the range test needs at least 2 steps (--steps), got {}", self.steps));
@@ -112,7 +112,7 @@ pub fn lr_find(model: &mut dyn Model, train: &Inputs, cfg: &LrFindConfig, obs: &
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut rng);
         let seed = rand::Rng::random::<u64>(&mut rng);
-        for b in train.batches(order, cfg.batch_size, Some(seed), 0) {
+        for b in train.batches(order, cfg.batch_size, seed, 0) {
             let (x, labels) = b?;
             let i = points.len();
             let lr = cfg.lr(i);

@@ -137,48 +137,35 @@ impl Inputs {
         }
     }
 
-    /// Batches of (inputs, labels) over `order`, from its `skip`-th batch on (resuming a run:
-    /// the skipped batches' random view choices are drawn all the same).
+    /// Training batches of (inputs, labels) over `order`, from its `skip`-th batch on (resuming
+    /// a run: the skipped batches' random view choices are drawn all the same); `seed` draws each
+    /// sample's cached view, or its random crop, flip and jitter.
     pub(crate) fn batches(
         &self,
         order: Vec<usize>,
         batch: usize,
-        augment: Option<u64>,
+        seed: u64,
         skip: usize,
     ) -> Box<dyn Iterator<Item = Result<(HostTensor, Vec<u32>)>> + '_> {
         let skip = (skip * batch).min(order.len());
         match self {
             Inputs::Cached { feature_shape, views, labels, .. } => {
-                let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
-                if let Some(r) = rng.as_mut() {
-                    for &i in &order[..skip] {
-                        r.random_range(0..views[i].len());
-                    }
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                for &i in &order[..skip] {
+                    rng.random_range(0..views[i].len());
                 }
                 let chunks: Vec<Vec<usize>> = order[skip..].chunks(batch).map(|c| c.to_vec()).collect();
                 Box::new(chunks.into_iter().map(move |c| {
-                    let rows: Vec<&[f32]> = c
-                        .iter()
-                        .map(|&i| {
-                            let v = match rng.as_mut() {
-                                Some(r) => r.random_range(0..views[i].len()),
-                                None => 0,
-                            };
-                            &views[i][v][..]
-                        })
-                        .collect();
+                    let rows: Vec<&[f32]> = c.iter().map(|&i| &views[i][rng.random_range(0..views[i].len())][..]).collect();
                     Ok((HostTensor::stack(feature_shape, &rows), c.iter().map(|&i| labels[i]).collect()))
                 }))
             }
-            Inputs::Images { pre, paths, labels, augment: aug, .. } => {
+            Inputs::Images { pre, paths, labels, augment, .. } => {
                 let (pre, shape) = (*pre, [3, pre.crop as usize, pre.crop as usize]);
                 let items: Vec<(PathBuf, u32, View)> = order[skip..]
                     .iter()
                     .map(|&i| {
-                        let view = match augment {
-                            Some(s) => View::Augmented { seed: s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), color: aug.color_jitter },
-                            None => View::Center,
-                        };
+                        let view = View::Augmented { seed: seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), color: augment.color_jitter };
                         (paths[i].clone(), labels[i], view)
                     })
                     .collect();
@@ -207,18 +194,17 @@ impl Inputs {
         let n = self.tta().len();
         let per_batch = (batch / n).max(1);
         match self {
-            Inputs::Cached { feature_shape, views, labels, .. } => {
-                Box::new((0..labels.len()).collect::<Vec<_>>().chunks(per_batch).map(|c| c.to_vec()).collect::<Vec<_>>().into_iter().map(move |c| {
-                    let mut rows: Vec<&[f32]> = Vec::with_capacity(c.len() * n);
-                    for &i in &c {
-                        let v = views[i].get(..n).ok_or_else(|| {
-                            Error::Config(format!("sample {i} has {} cached view(s), test-time augmentation needs {n}", views[i].len()))
-                        })?;
-                        rows.extend(v.iter().map(|f| &f[..]));
-                    }
-                    Ok((HostTensor::stack(feature_shape, &rows), c.iter().map(|&i| labels[i]).collect()))
-                }))
-            }
+            Inputs::Cached { feature_shape, views, labels, .. } => Box::new((0..labels.len()).step_by(per_batch).map(move |start| {
+                let c = start..(start + per_batch).min(labels.len());
+                let mut rows: Vec<&[f32]> = Vec::with_capacity(c.len() * n);
+                for i in c.clone() {
+                    let v = views[i].get(..n).ok_or_else(|| {
+                        Error::Config(format!("sample {i} has {} cached view(s), test-time augmentation needs {n}", views[i].len()))
+                    })?;
+                    rows.extend(v.iter().map(|f| &f[..]));
+                }
+                Ok((HostTensor::stack(feature_shape, &rows), labels[c].to_vec()))
+            })),
             Inputs::Images { pre, paths, labels, tta, .. } => {
                 let (pre, shape, tta) = (*pre, [3, pre.crop as usize, pre.crop as usize], *tta);
                 let items: Vec<(PathBuf, u32)> = paths.iter().cloned().zip(labels.iter().copied()).collect();
@@ -370,7 +356,7 @@ pub fn train_resumable(
             p.batch_in_epoch = 0;
         }
         let mut t0 = Instant::now();
-        for b in train.batches(order, cfg.batch_size, Some(epoch_seed), p.batch_in_epoch) {
+        for b in train.batches(order, cfg.batch_size, epoch_seed, p.batch_in_epoch) {
             let (x, labels) = b?;
             let lr = cfg.schedule.lr(cfg.lr, p.step, total);
             let s = model.train_step(&x, train.stage(), &labels, lr)?;
@@ -466,9 +452,13 @@ mod tests {
     use crate::backend::StepStats;
     use crate::freeze::FreezePolicy;
 
-    /// A model that must never be touched: validation has to stop the run first.
-    struct Untouchable;
-    impl Model for Untouchable {
+    /// A model for the loop's tests: with `echo` its logits are its input (the cached features
+    /// themselves); anything else must never be reached (`Stub { echo: false }`: validation has
+    /// to stop the run before the model is touched).
+    struct Stub {
+        echo: bool,
+    }
+    impl Model for Stub {
         fn policy(&self) -> FreezePolicy {
             FreezePolicy::default()
         }
@@ -478,8 +468,9 @@ mod tests {
         fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
             unreachable!("train_step")
         }
-        fn logits(&mut self, _: &HostTensor, _: Stage) -> Result<HostTensor> {
-            unreachable!("logits")
+        fn logits(&mut self, x: &HostTensor, _: Stage) -> Result<HostTensor> {
+            assert!(self.echo, "logits reached");
+            Ok(x.clone())
         }
         fn weights(&self) -> Result<WeightSet> {
             unreachable!("weights")
@@ -528,42 +519,10 @@ mod tests {
     fn a_zero_step_budget_is_an_error_not_a_panic() {
         let cfg = TrainConfig { max_steps: Some(0), ..Default::default() };
         let (tr, ev) = (cached(4), cached(2));
-        let e = train(&mut Untouchable, &tr, &ev, &ev, 2, &cfg, &crate::observer::Silent).err().unwrap().to_string();
+        let e = train(&mut Stub { echo: false }, &tr, &ev, &ev, 2, &cfg, &crate::observer::Silent).err().unwrap().to_string();
         assert!(e.contains("--steps") && e.contains("at least 1"), "{e}");
-        let e = train(&mut Untouchable, &cached(0), &ev, &ev, 2, &TrainConfig::default(), &crate::observer::Silent);
+        let e = train(&mut Stub { echo: false }, &cached(0), &ev, &ev, 2, &TrainConfig::default(), &crate::observer::Silent);
         assert!(e.err().unwrap().to_string().contains("training split is empty"));
-    }
-
-    /// Logits are the cached features themselves.
-    struct Identity;
-    impl Model for Identity {
-        fn policy(&self) -> FreezePolicy {
-            FreezePolicy::default()
-        }
-        fn extract(&mut self, _: &HostTensor) -> Result<HostTensor> {
-            unreachable!("extract")
-        }
-        fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
-            unreachable!("train_step")
-        }
-        fn logits(&mut self, x: &HostTensor, _: Stage) -> Result<HostTensor> {
-            Ok(x.clone())
-        }
-        fn weights(&self) -> Result<WeightSet> {
-            unreachable!("weights")
-        }
-        fn set_weights(&mut self, _: &WeightSet) -> Result<()> {
-            unreachable!("set_weights")
-        }
-        fn train_state(&self) -> Result<crate::backend::TrainState> {
-            unreachable!("train_state")
-        }
-        fn set_train_state(&mut self, _: &crate::backend::TrainState) -> Result<()> {
-            unreachable!("set_train_state")
-        }
-        fn synchronize(&self) -> Result<()> {
-            Ok(())
-        }
     }
 
     #[test]
@@ -574,11 +533,11 @@ mod tests {
         let views = vec![vec![v(1.0, 0.0), v(0.0, 5.0)], vec![v(2.0, 0.0), v(1.0, 0.0)]];
         let inputs = |tta| Inputs::Cached { feature_shape: vec![2], views: views.clone(), labels: vec![1, 0], tta };
         for batch in [1, 2, 3, 64] {
-            assert_eq!(evaluate(&mut Identity, &inputs(Tta::None), 2, batch).unwrap().accuracy, 0.5);
-            assert_eq!(evaluate(&mut Identity, &inputs(Tta::Flip), 2, batch).unwrap().accuracy, 1.0);
+            assert_eq!(evaluate(&mut Stub { echo: true }, &inputs(Tta::None), 2, batch).unwrap().accuracy, 0.5);
+            assert_eq!(evaluate(&mut Stub { echo: true }, &inputs(Tta::Flip), 2, batch).unwrap().accuracy, 1.0);
         }
         // Not enough cached views for ten crops: an error, not a panic or a silent centre crop.
-        let e = evaluate(&mut Identity, &inputs(Tta::TenCrop), 2, 64).unwrap_err().to_string();
+        let e = evaluate(&mut Stub { echo: true }, &inputs(Tta::TenCrop), 2, 64).unwrap_err().to_string();
         assert!(e.contains("needs 10"), "{e}");
         let p = mean_softmax(&HostTensor::new(vec![2, 2], vec![1.0, 0.0, 0.0, 5.0]).unwrap(), 2);
         let s = |a: f64, b: f64| a.exp() / (a.exp() + b.exp());

@@ -173,6 +173,13 @@ pub struct LrFindArgs {
     pub out: PathBuf,
 }
 
+impl LrFindArgs {
+    /// The range test these flags describe (batch size and seed at their defaults).
+    pub fn range(&self) -> alexnet_core::lr_find::LrFindConfig {
+        alexnet_core::lr_find::LrFindConfig::new(self.start_lr, self.end_lr, self.steps)
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct ExtractArgs {
     #[command(flatten)]
@@ -797,15 +804,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
         }
     }
     if let Command::LrFind(a) = &cli.command {
-        if a.start_lr >= a.end_lr {
-            return fail(ErrorKind::ArgumentConflict, format!("--start-lr {} must be below --end-lr {}", a.start_lr, a.end_lr));
-        }
-        if a.steps < 2 {
-            return fail(
-                ErrorKind::InvalidValue,
-                format!("invalid value '{}' for '--steps <STEPS>': the range test needs at least 2 steps", a.steps),
-            );
-        }
+        a.range().validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
     }
     if let Command::Extract(ExtractArgs { job: a, .. }) = &cli.command {
         if a.no_cache {

@@ -185,10 +185,8 @@ fn lr_find(backend: &dyn Backend, args: LrFindArgs) -> Result<()> {
     check_data(&args.job.data)?;
     let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
     args.optim.apply(&mut cfg, args.steps);
-    let test = alexnet_core::lr_find::LrFindConfig::new(args.start_lr, args.end_lr, args.steps)
-        .with_batch_size(cfg.train.batch_size)
-        .with_seed(cfg.train.seed);
-    test.validate()?;
+    // The range itself was checked with the other flags (args::validate).
+    let test = args.range().with_batch_size(cfg.train.batch_size).with_seed(cfg.train.seed);
     eprintln!(
         "alexnet lr-find · {} · backend {} · fine-tune {} · {} steps from {:.0e} to {:.0e}",
         cfg.backbone,

@@ -194,7 +194,15 @@ pub fn run_experiment(
 /// through an `experiment.json` exactly).
 fn finished<'a>(done: &'a [RunReport], backend: &dyn Backend, job: &JobConfig) -> Option<&'a RunReport> {
     let want = serde_json::to_value(job).ok()?;
-    done.iter().find(|r| r.backend == backend.name() && r.device == backend.device_name() && r.config == want)
+    done.iter().find(|r| r.backend == backend.name() && r.device == backend.device_name() && current_form(&r.config) == want)
+}
+
+/// A recorded configuration as today's build writes it: read back as a [`JobConfig`] and
+/// written again. Reports from builds that wrote settings now left out at their defaults
+/// (`"tta": "none"`, `"label_smoothing": 0.0`) then match the same settings; a
+/// configuration this build cannot read stays as it was (and matches nothing new).
+fn current_form(config: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_value::<JobConfig>(config.clone()).ok().and_then(|c| serde_json::to_value(c).ok()).unwrap_or_else(|| config.clone())
 }
 
 /// [`run_experiment`], taking a run's report from `done` (an earlier, interrupted or
@@ -521,6 +529,26 @@ mod tests {
         w.set_source(LayerId::Fc6, LayerSource::Pretrained { file: "full.safetensors".into() });
         w.set_source(LayerId::Fc7, LayerSource::Pretrained { file: "full.safetensors".into() });
         assert_eq!(names(&default_policies(Some(&w))), ["fc8", "fc7", "fc6", "conv5", "conv4", "all"]);
+    }
+
+    #[test]
+    fn recorded_defaults_written_out_still_match() {
+        let job = JobConfig::new("data");
+        let want = serde_json::to_value(&job).unwrap();
+        // An earlier build wrote these settings out at their defaults.
+        let mut old = want.clone();
+        old["tta"] = "none".into();
+        old["augment"] = serde_json::json!({ "color_jitter": 0.0 });
+        old["model"]["label_smoothing"] = 0.0.into();
+        assert_ne!(old, want);
+        assert_eq!(current_form(&old), want);
+        // A setting that differs still differs.
+        let mut other = old.clone();
+        other["model"]["label_smoothing"] = 0.1.into();
+        assert_ne!(current_form(&other), want);
+        // Something unreadable is compared as it is.
+        let junk = serde_json::json!({ "data": 3 });
+        assert_eq!(current_form(&junk), junk);
     }
 
     #[test]

@@ -457,17 +457,15 @@ impl ExperimentReport {
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
             let policy: FreezePolicy = r.policy.parse().unwrap_or_default();
-            let t = policy.trainable();
             let best_seen = r.curve.iter().filter_map(|p| p.test_accuracy).fold(f64::NAN, f64::max);
             let steps = r.curve.last().map(|p| p.step).unwrap_or(0);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {}–{} | {} | {:.2}% ({:.1}–{:.1}) | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.2}% ({:.1}–{:.1}) | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
                 r.backbone,
                 r.backend,
                 r.policy,
-                t[0],
-                t[t.len() - 1],
+                policy.trained_span(),
                 {
                     let run = match (r.fold, self.repeats > 1) {
                         (None, false) => "–".to_string(),

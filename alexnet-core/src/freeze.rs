@@ -48,6 +48,14 @@ impl FreezePolicy {
         LayerId::ALL.into_iter().filter(|l| self.is_trainable(*l)).collect()
     }
 
+    /// The trained layers as a range for tables: `fc6–fc8`, or `fc8` alone.
+    pub fn trained_span(&self) -> String {
+        match self.first_trainable {
+            LayerId::Fc8 => LayerId::Fc8.to_string(),
+            first => format!("{first}–{}", LayerId::Fc8),
+        }
+    }
+
     /// True when there is a frozen prefix whose output can be cached.
     pub fn has_frozen_prefix(&self) -> bool {
         self.first_trainable != LayerId::Conv1
@@ -138,6 +146,8 @@ mod tests {
         assert_eq!(p.frozen(), vec![LayerId::Conv1, LayerId::Conv2, LayerId::Conv3, LayerId::Conv4]);
         assert_eq!(p.trainable(), vec![LayerId::Conv5, LayerId::Fc6, LayerId::Fc7, LayerId::Fc8]);
         assert_eq!(p.cut_name(), "conv4");
+        assert_eq!(p.trained_span(), "conv5–fc8");
+        assert_eq!(FreezePolicy::from_layer(LayerId::Fc8).trained_span(), "fc8");
         let all: FreezePolicy = "all".parse().unwrap();
         assert!(all.frozen().is_empty() && !all.has_frozen_prefix());
         assert_eq!(all.to_string(), "all");

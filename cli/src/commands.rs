@@ -173,9 +173,7 @@ fn print_summary(r: &RunReport) {
 }
 
 fn trained_layers(r: &RunReport) -> String {
-    let p: FreezePolicy = r.policy.parse().unwrap_or_default();
-    let t = p.trainable();
-    format!("{}–{}", t[0], t[t.len() - 1])
+    r.policy.parse::<FreezePolicy>().unwrap_or_default().trained_span()
 }
 
 fn lr_find(backend: &dyn Backend, args: LrFindArgs) -> Result<()> {

@@ -3,7 +3,7 @@
 //! (weights, crop) or damages the cache triggers re-extraction.
 
 use alexnet_core::conformance::{flower_subset, pretrained_weights};
-use alexnet_core::data::OnConflict;
+use alexnet_core::data::{OnConflict, Tta};
 use alexnet_core::job::{JobConfig, prepare, run};
 use alexnet_core::observer::Silent;
 use alexnet_core::train::Inputs;
@@ -21,6 +21,8 @@ fn config(data: &Path, cache: &Path, weights: &Path) -> JobConfig {
     cfg.split.test_percent = 20.0;
     cfg.cache.root = cache.to_path_buf();
     cfg.cache.views = 2;
+    // One view per evaluated image: the cache counts below assume it.
+    cfg.tta = Tta::None;
     cfg.train.batch_size = 8;
     cfg.train.epochs = 4;
     cfg.train.lr = 0.01;

@@ -280,9 +280,10 @@ pub struct DataArgs {
     pub color_jitter: f32,
     /// Test-time augmentation for validation and test: average the softmax over the centre crop
     /// and its mirror (flip) or over ten crops (centre and corners, each mirrored); their
-    /// features are cached like the training views.
-    #[arg(long, value_enum, default_value = "none")]
-    pub tta: TtaArg,
+    /// features are cached like the training views. Default: ten-crop for AlexNet (it raised
+    /// validation accuracy on every one of 5 folds), none for a frozen backbone's head.
+    #[arg(long, value_enum)]
+    pub tta: Option<TtaArg>,
     /// Skip unusable images (empty, not an image, truncated, undecodable; listed in the report)
     /// instead of stopping with the list of them.
     #[arg(long)]
@@ -584,7 +585,7 @@ impl DataArgs {
         };
         cfg.extract_batch = self.extract_batch;
         cfg.augment = alexnet_core::data::Augment { color_jitter: self.color_jitter };
-        cfg.tta = self.tta.core();
+        cfg.tta = self.tta.unwrap_or(if self.backbone == BackboneArg::Alexnet { TtaArg::TenCrop } else { TtaArg::None }).core();
         cfg
     }
 }

@@ -22,7 +22,7 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     let configs: Vec<ExperimentConfig> = if variants.is_empty() {
         vec![config(&args, classes)?]
     } else {
-        // Variants with the same settings (`tta=none` and `label-smoothing=0` are both the
+        // Variants with the same settings (`tta=ten-crop` and `label-smoothing=0` are both the
         // defaults) run once, under both names.
         let mut configs: Vec<(String, ExperimentConfig)> = Vec::new();
         for (label, a) in &variants {

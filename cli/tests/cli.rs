@@ -264,15 +264,15 @@ fn recipe_options_and_experiment_variants() {
 
     let exp = tmp.path().join("exp");
     let mut args = vec!["experiment", "--out", exp.to_str().unwrap(), "--policies", "fc6", "--folds", "2", "--steps", "2", "--eval-every", "1"];
-    // tta=none and label-smoothing=0 are the same settings: run once, under both names.
-    args.extend(["--speedup-policy", "none", "--vary", "tta=none,flip", "--vary", "label-smoothing=0"]);
+    // tta=ten-crop and label-smoothing=0 are the same settings (the defaults): run once, under both names.
+    args.extend(["--speedup-policy", "none", "--vary", "tta=ten-crop,flip", "--vary", "label-smoothing=0"]);
     args.extend(common);
     let out = alexnet(&args, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(exp.join("experiment.json")).unwrap()).unwrap();
     let runs = rep["runs"].as_array().unwrap();
     let recipes: Vec<&str> = runs.iter().map(|r| r["recipe"].as_str().unwrap()).collect();
-    assert_eq!(recipes, ["tta=none = label-smoothing=0", "tta=none = label-smoothing=0", "tta=flip", "tta=flip"]);
+    assert_eq!(recipes, ["tta=ten-crop = label-smoothing=0", "tta=ten-crop = label-smoothing=0", "tta=flip", "tta=flip"]);
     assert_eq!(runs[2]["config"]["tta"], "flip");
     // The variants train identically (same folds and seeds); only the evaluation differs.
     for fold in 0..2 {
@@ -288,6 +288,6 @@ fn recipe_options_and_experiment_variants() {
     assert_eq!(rep2["runs"], rep["runs"]);
     assert!(exp.join("experiment.previous.json").exists());
     let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
-    assert!(md.contains("| alexnet fc6 · tta=flip | 2 |") && md.contains("| alexnet fc6 · tta=none = label-smoothing=0 | 2 |"), "{md}");
+    assert!(md.contains("| alexnet fc6 · tta=flip | 2 |") && md.contains("| alexnet fc6 · tta=ten-crop = label-smoothing=0 | 2 |"), "{md}");
     assert!(md.contains("best on validation"), "{md}");
 }

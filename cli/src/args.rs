@@ -354,6 +354,9 @@ pub struct OptimArgs {
 }
 
 #[derive(Args)]
+// `--replot` reads only --out: --data is required without it, and unused (hence a hidden
+// placeholder default) with it.
+#[command(mut_arg("data", |a| a.required(false).required_unless_present("replot").default_value(".").hide_default_value(true)))]
 pub struct ExperimentArgs {
     #[command(flatten)]
     pub data: DataArgs,
@@ -398,7 +401,8 @@ pub struct ExperimentArgs {
     /// and the best is chosen on validation.
     #[arg(long, value_name = "FLAG=V1,V2,...")]
     pub vary: Vec<String>,
-    /// Redraw the table and plots from --out's experiment.json without training.
+    /// Redraw the table and plots from --out's experiment.json without training (no --data
+    /// needed).
     #[arg(long)]
     pub replot: bool,
 }

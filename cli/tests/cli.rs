@@ -212,6 +212,15 @@ fn experiment_folds_and_repeats_give_spreads() {
     }
     let svg = std::fs::read_to_string(out_dir.join("accuracy_vs_step.svg")).unwrap();
     assert!(svg.contains("mean of 6, range shaded") && svg.contains("<polygon"), "no band in the plot");
+    // `--replot` redraws from experiment.json alone: no --data, no training.
+    std::fs::remove_file(out_dir.join("experiment.md")).unwrap();
+    let out = alexnet(&["experiment", "--replot", "--out", o], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(out_dir.join("experiment.md")).unwrap(), md);
+    // Without --replot, --data stays required.
+    let out = alexnet(&["experiment", "--out", o], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The recipe options end to end: colour jitter and label smoothing in training, test-time

@@ -197,6 +197,21 @@ fn finished<'a>(done: &'a [RunReport], backend: &dyn Backend, job: &JobConfig) -
     done.iter().find(|r| r.backend == backend.name() && r.device == backend.device_name() && current_form(&r.config) == want)
 }
 
+/// The runs of `first`, then those of `second` whose settings (backend, device and
+/// configuration) none before them has: each measured run kept once, the first copy winning.
+pub fn union_of_runs(first: &[RunReport], second: &[RunReport]) -> Vec<RunReport> {
+    let mut seen: Vec<(&str, &str, serde_json::Value)> = vec![];
+    let mut out = vec![];
+    for r in first.iter().chain(second) {
+        let id = (r.backend.as_str(), r.device.as_str(), current_form(&r.config));
+        if !seen.contains(&id) {
+            seen.push(id);
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
 /// A recorded configuration as today's build writes it: read back as a [`JobConfig`] and
 /// written again. Reports from builds that wrote settings now left out at their defaults
 /// (`"tta": "none"`, `"label_smoothing": 0.0`) then match the same settings; a
@@ -240,7 +255,7 @@ pub fn run_experiment_reusing(
     let run_or_reuse = |backend: &dyn Backend, job: &JobConfig, what: &str, r: u64| -> Result<RunReport> {
         let mut report = match finished(done, backend, job) {
             Some(d) => {
-                obs.message(&format!("{what}: reused, already in experiment.json"));
+                obs.message(&format!("{what}: reused, already in experiment.json or experiment.previous.json"));
                 d.clone()
             }
             None => {

@@ -76,19 +76,25 @@ pub fn run(backends: &[Box<dyn Backend>], args: ExperimentArgs) -> Result<()> {
     let mut save_err = None;
     let mut done: Option<ExperimentReport> = None;
     // Runs already in --out's experiment.json with exactly the same settings (an interrupted
-    // experiment, or one with other variants) are taken from it, not trained again.
+    // experiment, or one with other variants) are taken from it, not trained again; so are
+    // those kept in experiment.previous.json from experiments before it.
     let json = out.join("experiment.json");
-    let earlier: Vec<alexnet_core::report::RunReport> = match std::fs::read(&json) {
-        Ok(bytes) => serde_json::from_slice::<ExperimentReport>(&bytes).map(|r| r.runs).unwrap_or_else(|e| {
-            eprintln!("warning: {}: not readable as an experiment.json ({e}); every run trains afresh", json.display());
-            vec![]
-        }),
-        Err(_) => vec![],
+    let previous = out.join("experiment.previous.json");
+    let read = |path: &Path| -> Option<ExperimentReport> {
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice::<ExperimentReport>(&bytes)
+            .map_err(|e| eprintln!("warning: {}: not readable as an experiment.json ({e}); its runs are not reused", path.display()))
+            .ok()
     };
-    if !earlier.is_empty() {
-        // This experiment's file will hold its own runs only: keep the earlier one beside it.
-        let previous = out.join("experiment.previous.json");
-        std::fs::copy(&json, &previous).with_context(|| previous.display().to_string())?;
+    let (own, kept) = (read(&json), read(&previous));
+    let runs = |r: &Option<ExperimentReport>| r.as_ref().map(|r| r.runs.clone()).unwrap_or_default();
+    let earlier = alexnet_core::experiment::union_of_runs(&runs(&own), &runs(&kept));
+    if let Some(mut all) = own.or(kept) {
+        // This experiment's file will hold its own runs only: every earlier run, from either
+        // file, is kept beside it, so nothing measured is lost however many experiments share
+        // the folder.
+        all.runs = earlier.clone();
+        alexnet_core::write_atomic(&previous, &serde_json::to_vec_pretty(&all)?).with_context(|| previous.display().to_string())?;
     }
     for cfg in &configs {
         // Results are written after every run, so an interrupted experiment keeps what it measured.

@@ -299,4 +299,20 @@ fn recipe_options_and_experiment_variants() {
     let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
     assert!(md.contains("| alexnet fc6 · tta=flip | 2 |") && md.contains("| alexnet fc6 · tta=ten-crop = label-smoothing=0 | 2 |"), "{md}");
     assert!(md.contains("best on validation"), "{md}");
+
+    // Narrower experiments into the same folder, twice: their own runs (reused) in
+    // experiment.json, every earlier run still kept in experiment.previous.json.
+    let mut narrow = vec!["experiment", "--out", exp.to_str().unwrap(), "--policies", "fc6", "--folds", "2", "--steps", "2", "--eval-every", "1"];
+    narrow.extend(["--speedup-policy", "none", "--tta", "flip"]);
+    narrow.extend(common);
+    for _ in 0..2 {
+        let out = alexnet(&narrow, tmp.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stderr.matches("reused, already in experiment.json").count(), 2, "{stderr}");
+        let own: serde_json::Value = serde_json::from_slice(&std::fs::read(exp.join("experiment.json")).unwrap()).unwrap();
+        assert_eq!(own["runs"].as_array().unwrap().len(), 2);
+        let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(exp.join("experiment.previous.json")).unwrap()).unwrap();
+        assert_eq!(kept["runs"].as_array().unwrap().len(), 4, "every run of the first experiment is kept");
+    }
 }

@@ -81,6 +81,12 @@ pub struct JobConfig {
     /// views are cached like the training views.
     #[serde(default, skip_serializing_if = "Tta::is_centre_only")]
     pub tta: Tta,
+    /// Fixed crops the training images are also drawn from, cached like their random views:
+    /// `TenCrop` trains on the very views ten-crop evaluation averages (the centre and four
+    /// corners, each mirrored) besides the `cache.views − 1` random ones. `None` (the centre
+    /// alone, as before it existed) is left out of the JSON.
+    #[serde(default, skip_serializing_if = "Tta::is_centre_only")]
+    pub train_fixed_views: Tta,
 }
 
 impl JobConfig {
@@ -107,6 +113,7 @@ impl JobConfig {
             shard: None,
             augment: Augment::default(),
             tta: Tta::TenCrop,
+            train_fixed_views: Tta::None,
         }
     }
 }
@@ -310,8 +317,10 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
         for d in &cache.stats.discarded_chunks {
             obs.message(&format!("feature cache: discarded damaged chunk, rebuilding its entries: {d}"));
         }
-        // Training images: the centre and random views; the others: the test-time views.
-        let (train_views, eval_views): (Vec<u32>, Vec<u32>) = ((0..views_wanted).collect(), cfg.tta.cache_indices());
+        // Training images: the centre, the random views and any fixed ones; the others: the
+        // test-time views.
+        let train_views = training_view_indices(views_wanted, cfg.train_fixed_views);
+        let eval_views = cfg.tta.cache_indices();
         let views: Vec<Vec<u32>> = splits.iter().map(|s| if *s == Split::Train { train_views.clone() } else { eval_views.clone() }).collect();
         let fill = fill_cache(model.as_mut(), &mut cache, samples, &used, &views, &cfg.preprocess, cfg.extract_batch, obs)?;
         bad.extend(fill.bad.iter().cloned());
@@ -359,7 +368,7 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
             augment: cfg.augment,
             tta,
         };
-        let (train, val, test) = (images(&tr, Tta::None), images(&va, cfg.tta), images(&te, cfg.tta));
+        let (train, val, test) = (images(&tr, cfg.train_fixed_views), images(&va, cfg.tta), images(&te, cfg.tta));
         return Ok(Prepared { dataset, weights, model, train, val, test, cache: None, fill: None, data });
     };
     let cached = |ix: &[usize], tta| {
@@ -375,6 +384,15 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     let (train, val, test) = (cached(&tr, Tta::None), cached(&va, cfg.tta), cached(&te, cfg.tta));
     let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);
     Ok(Prepared { dataset, weights, model, train, val, test, cache: Some(summary), fill: Some(fill), data })
+}
+
+/// The feature-cache view indices of a training image: the centre crop (0), the fixed views
+/// of `fixed` after it, then the random views `1..random_views` (`random_views` counts the
+/// centre, as `--cache-views` does).
+pub fn training_view_indices(random_views: u32, fixed: Tta) -> Vec<u32> {
+    let mut v = fixed.cache_indices();
+    v.extend(1..random_views.max(1));
+    v
 }
 
 /// One line saying which layers are pretrained and which start from a seeded initialisation.
@@ -497,7 +515,23 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
 mod tests {
     use super::*;
     use crate::backend::{Optimizer, OptimizerConfig};
+    use crate::data::TTA_VIEW_BASE;
     use crate::observer::Silent;
+
+    #[test]
+    fn training_views_are_the_centre_the_fixed_views_and_the_random_ones_each_once() {
+        assert_eq!(training_view_indices(4, Tta::None), [0, 1, 2, 3]);
+        assert_eq!(training_view_indices(1, Tta::None), [0]);
+        assert_eq!(training_view_indices(2, Tta::Flip), [0, TTA_VIEW_BASE + 1, 1]);
+        let ten = training_view_indices(4, Tta::TenCrop);
+        assert_eq!(ten.len(), 13);
+        // The fixed views are exactly the ones ten-crop evaluation caches (shared entries).
+        assert!(Tta::TenCrop.cache_indices().iter().all(|v| ten.contains(v)));
+        let mut unique = ten.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ten.len());
+    }
 
     /// A backend that must never be asked for a model: validation has to stop the job first.
     struct NoBackend;

@@ -110,8 +110,9 @@ pub enum Inputs {
     /// Features at the cut; `views[i]` holds one or more cached views of sample `i`: training
     /// draws one at random, evaluation averages the first `tta.len()` (`tta`'s views, in order).
     Cached { feature_shape: Vec<usize>, views: Vec<Vec<Arc<[f32]>>>, labels: Vec<u32>, tta: Tta },
-    /// Image files, preprocessed on the fly: random crops, flips and `augment` when training,
-    /// `tta`'s views when evaluating.
+    /// Image files, preprocessed on the fly: random crops, flips and `augment` when training
+    /// (a training set's `tta` other than `None` names fixed views drawn as often as a fresh
+    /// random crop each), `tta`'s views when evaluating.
     Images { pre: Preprocess, paths: Vec<PathBuf>, labels: Vec<u32>, augment: Augment, tta: Tta },
 }
 
@@ -165,12 +166,16 @@ impl Inputs {
                     Ok((HostTensor::stack(feature_shape, &rows), c.iter().map(|&i| labels[i]).collect()))
                 }))
             }
-            Inputs::Images { pre, paths, labels, augment, .. } => {
+            Inputs::Images { pre, paths, labels, augment, tta } => {
                 let (pre, shape) = (*pre, [3, pre.crop as usize, pre.crop as usize]);
+                let fixed = if tta.is_centre_only() { &[][..] } else { tta.views() };
                 let items: Vec<(PathBuf, u32, View)> = order[skip..]
                     .iter()
                     .map(|&i| {
-                        let view = View::Augmented { seed: seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), color: augment.color_jitter };
+                        let s = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        // With fixed views: one of them or a fresh random crop, equally likely.
+                        let slot = (ChaCha8Rng::seed_from_u64(s ^ 0x5107).random_range(0..=fixed.len() as u32)) as usize;
+                        let view = fixed.get(slot).copied().unwrap_or(View::Augmented { seed: s, color: augment.color_jitter });
                         (paths[i].clone(), labels[i], view)
                     })
                     .collect();

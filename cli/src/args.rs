@@ -284,6 +284,12 @@ pub struct DataArgs {
     /// validation accuracy on every one of 5 folds), none for a frozen backbone's head.
     #[arg(long, value_enum)]
     pub tta: Option<TtaArg>,
+    /// Fixed crops to train on besides the random views: ten-crop adds the ten views ten-crop
+    /// evaluation averages (centre and corners, each mirrored; cached like the random views,
+    /// and already cached for any image once used for validation or test), flip the mirrored
+    /// centre. Uncached, each sample takes one of them or a fresh random crop, equally likely.
+    #[arg(long, value_enum, default_value = "none")]
+    pub train_fixed_views: TtaArg,
     /// Skip unusable images (empty, not an image, truncated, undecodable; listed in the report)
     /// instead of stopping with the list of them.
     #[arg(long)]
@@ -589,6 +595,7 @@ impl DataArgs {
         };
         cfg.extract_batch = self.extract_batch;
         cfg.augment = alexnet_core::data::Augment { color_jitter: self.color_jitter };
+        cfg.train_fixed_views = self.train_fixed_views.core();
         cfg.tta = self.tta.unwrap_or(if self.backbone == BackboneArg::Alexnet { TtaArg::TenCrop } else { TtaArg::None }).core();
         cfg
     }

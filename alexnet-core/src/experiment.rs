@@ -461,6 +461,50 @@ impl ExperimentReport {
         }
     }
 
+    /// For each setting trained as an ensemble: the accuracy of the ensemble of its first k
+    /// members, k = 1 … N, over its runs, and the paired difference to k = 1 (the single model
+    /// each run's member 0 is), in validation and test.
+    fn ensemble_tables(&self, s: &mut String) {
+        let yes_no = |d: &Spread| if d.excludes_zero() { "yes" } else { "no" };
+        let groups = self.groups();
+        let several = groups.iter().any(|g| g.backend != groups[0].backend);
+        for g in groups.iter().filter(|g| g.runs.iter().all(|r| !r.members.is_empty())) {
+            let k = g.runs.iter().map(|r| r.members.len()).min().unwrap_or(0);
+            let _ = writeln!(s, "\nEnsembles of the first k members · {} ({} runs; k = 1 is member 0 alone):\n", g.label(several), g.runs.len());
+            let _ = writeln!(
+                s,
+                "| members | val mean (95% interval) | test mean (95% interval) | val vs 1 member | test vs 1 member | significant: val, test |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            let interval = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
+            let diff = |sp: &Spread| {
+                if sp.n > 1 { format!("{:+.2} ({:+.2} to {:+.2})", 100.0 * sp.mean, 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() }
+            };
+            for i in 0..k {
+                let of = |f: fn(&crate::ensemble::MemberReport) -> f64| -> Vec<f64> { g.runs.iter().map(|r| f(&r.members[i])).collect() };
+                let (val, test) = (of(|m| m.ensemble_val_accuracy), of(|m| m.ensemble_test_accuracy));
+                let paired = |now: &[f64], f: fn(&crate::ensemble::MemberReport) -> f64| {
+                    let diffs: Vec<f64> = now.iter().zip(g.runs.iter()).map(|(v, r)| v - f(&r.members[0])).collect();
+                    Spread::of(&diffs).expect("a run")
+                };
+                let (sv, st) = (Spread::of(&val).expect("a run"), Spread::of(&test).expect("a run"));
+                let (dv, dt) = (paired(&val, |m| m.ensemble_val_accuracy), paired(&test, |m| m.ensemble_test_accuracy));
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.2}% ({}) | {:.2}% ({}) | {} | {} | {} |",
+                    i + 1,
+                    100.0 * sv.mean,
+                    interval(&sv),
+                    100.0 * st.mean,
+                    interval(&st),
+                    if i == 0 { "–".into() } else { diff(&dv) },
+                    if i == 0 { "–".into() } else { diff(&dt) },
+                    if i == 0 || dt.n < 2 { "–".into() } else { format!("{}, {}", yes_no(&dv), yes_no(&dt)) }
+                );
+            }
+        }
+    }
+
     /// A markdown table: per run, best-validation test accuracy, best test accuracy seen, and
     /// the times; then the spread over folds/repeats and the cache speed-ups.
     pub fn markdown(&self) -> String {
@@ -472,11 +516,12 @@ impl ExperimentReport {
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
             let policy: FreezePolicy = r.policy.parse().unwrap_or_default();
-            let best_seen = r.curve.iter().filter_map(|p| p.test_accuracy).fold(f64::NAN, f64::max);
+            // An ensemble's members are not scored on test along the way.
+            let best_seen = r.curve.iter().filter_map(|p| p.test_accuracy).reduce(f64::max).map_or("–".into(), |a| format!("{:.2}%", 100.0 * a));
             let steps = r.curve.last().map(|p| p.step).unwrap_or(0);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.2}% ({:.1}–{:.1}) | {:.2}% | {} | {:.0} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.2}% ({:.1}–{:.1}) | {} | {} | {:.0} | {:.1} | {} | {} |",
                 r.backbone,
                 r.backend,
                 r.policy,
@@ -496,7 +541,7 @@ impl ExperimentReport {
                 100.0 * r.test.accuracy,
                 100.0 * r.test.interval95().0,
                 100.0 * r.test.interval95().1,
-                100.0 * best_seen,
+                best_seen,
                 steps,
                 r.timings.train_seconds,
                 r.timings.train_samples_per_second,
@@ -505,6 +550,7 @@ impl ExperimentReport {
             );
         }
         self.spread_tables(&mut s);
+        self.ensemble_tables(&mut s);
         if !self.cache_speedups.is_empty() {
             let _ = writeln!(s);
             let _ = writeln!(s, "| backend | fine-tune | cached samples/s | uncached samples/s | cache speed-up |");

@@ -7,10 +7,11 @@ use crate::backend::{Backend, Model, ModelConfig};
 use crate::cache::{CacheDtype, CacheKey, FeatureCache};
 use crate::checkpoint;
 use crate::data::{Augment, Dataset, Duplicates, OnConflict, Preprocess, Shard, Split, SplitConfig, Tta, check_files, group_keys};
+use crate::ensemble::{MemberReport, ProbabilitySum};
 use crate::extract::{FillOutcome, fill_cache};
 use crate::observer::Observer;
 use crate::report::{CacheSummary, DataSummary, DuplicateSummary, RunReport, SkippedFile, Timings};
-use crate::train::{Inputs, TrainConfig, evaluate, train_resumable};
+use crate::train::{Inputs, TrainConfig, evaluate, probabilities, train_resumable};
 use crate::weights::WeightSet;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,19 @@ pub struct JobConfig {
     /// alone, as before it existed) is left out of the JSON.
     #[serde(default, skip_serializing_if = "Tta::is_centre_only")]
     pub train_fixed_views: Tta,
+    /// Members of the ensemble trained ([`crate::ensemble`]): each with its own seeds on the
+    /// same cached features, their softmax averaged. 1 (a single model, left out of the JSON so
+    /// configurations from before it existed still match) is the default.
+    #[serde(default = "one_member", skip_serializing_if = "is_one_member")]
+    pub ensemble: u32,
+}
+
+fn one_member() -> u32 {
+    1
+}
+
+fn is_one_member(n: &u32) -> bool {
+    *n == 1
 }
 
 impl JobConfig {
@@ -114,6 +128,7 @@ impl JobConfig {
             augment: Augment::default(),
             tta: Tta::TenCrop,
             train_fixed_views: Tta::None,
+            ensemble: 1,
         }
     }
 }
@@ -169,6 +184,13 @@ impl JobConfig {
                 return Err(Error::Config(format!("shard {shard} is for filling the feature cache, which is off (--no-cache)")));
             }
         }
+        if self.ensemble == 0 || self.ensemble > crate::ensemble::MAX_MEMBERS {
+            return Err(Error::Config(format!(
+                "ensemble members (--ensemble) must be between 1 and {}, got {}",
+                crate::ensemble::MAX_MEMBERS,
+                self.ensemble
+            )));
+        }
         if self.extract_batch == 0 {
             return Err(Error::Config("extraction batch (--extract-batch) must be at least 1".into()));
         }
@@ -191,6 +213,48 @@ pub struct Prepared {
     pub cache: Option<CacheSummary>,
     pub fill: Option<FillOutcome>,
     pub data: DataSummary,
+    /// The frozen described backbone in front of the head (`None` for AlexNet).
+    pub backbone: Option<FrozenBackbone>,
+}
+
+impl Prepared {
+    /// Ensemble member `m`'s model (`m` ≥ 1; member 0 is [`Prepared::model`]): the same
+    /// network, its seeded layers drawn again and its dropout seeded, both offset by
+    /// [`crate::ensemble::member_seed_offset`]; pretrained layers are shared.
+    pub fn member(&self, backend: &dyn Backend, cfg: &JobConfig, m: u32) -> Result<(WeightSet, Box<dyn Model>)> {
+        member_model(&self.weights, self.backbone.as_ref(), backend, cfg, m)
+    }
+}
+
+fn member_model(
+    weights: &WeightSet,
+    backbone: Option<&FrozenBackbone>,
+    backend: &dyn Backend,
+    cfg: &JobConfig,
+    m: u32,
+) -> Result<(WeightSet, Box<dyn Model>)> {
+    let offset = crate::ensemble::member_seed_offset(m);
+    let weights = weights.reinitialised(cfg.init_seed + offset);
+    let head = backend.build(&weights, &cfg.model.with_seed(cfg.model.seed + offset))?;
+    let model = match backbone {
+        Some(f) => f.model(backend, head)?,
+        None => head,
+    };
+    Ok((weights, model))
+}
+
+/// Where ensemble member `m` keeps its training checkpoint, given member 0's `path`
+/// (`checkpoint.safetensors` → `checkpoint.member1.safetensors`).
+pub fn member_checkpoint(path: &std::path::Path, m: u32) -> PathBuf {
+    if m == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map_or_else(|| "checkpoint".into(), |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.member{m}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.member{m}"),
+    };
+    path.with_file_name(name)
 }
 
 /// Scans and splits the data, loads the weights, builds the model and fills the feature cache.
@@ -369,7 +433,7 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
             tta,
         };
         let (train, val, test) = (images(&tr, cfg.train_fixed_views), images(&va, cfg.tta), images(&te, cfg.tta));
-        return Ok(Prepared { dataset, weights, model, train, val, test, cache: None, fill: None, data });
+        return Ok(Prepared { dataset, weights, model, train, val, test, cache: None, fill: None, data, backbone: frozen });
     };
     let cached = |ix: &[usize], tta| {
         let views = ix
@@ -383,7 +447,7 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
     };
     let (train, val, test) = (cached(&tr, Tta::None), cached(&va, cfg.tta), cached(&te, cfg.tta));
     let summary = CacheSummary::new(cache.dir(), views_wanted, &cache.stats);
-    Ok(Prepared { dataset, weights, model, train, val, test, cache: Some(summary), fill: Some(fill), data })
+    Ok(Prepared { dataset, weights, model, train, val, test, cache: Some(summary), fill: Some(fill), data, backbone: frozen })
 }
 
 /// The feature-cache view indices of a training image: the centre crop (0), the fixed views
@@ -427,62 +491,134 @@ pub fn provenance(w: &WeightSet) -> String {
     format!("weights: {}", parts.join("; "))
 }
 
-/// Runs the whole job; returns the report and the best weights (to save as the model).
-pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<(RunReport, WeightSet)> {
+/// Runs the whole job; returns the report and the best weights of each ensemble member (one
+/// for a single model), to save as the model.
+pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result<(RunReport, Vec<WeightSet>)> {
     cfg.train.validate()?;
+    cfg.validate()?;
     // A checkpoint of other settings is refused before any work, naming what differs.
     let config = cfg.config_json()?;
-    let resume_from = match &cfg.checkpoint {
-        Some(path) if path.exists() => {
-            let differences = checkpoint::config_differences(&checkpoint::stored_config(path)?, &config);
-            if !differences.is_empty() {
-                return Err(Error::Checkpoint {
-                    path: path.clone(),
-                    msg: format!(
-                        "written by a run with other settings ({}); rerun with the same settings to resume, or start afresh (another --out, or --restart)",
-                        differences.join(", ")
-                    ),
-                });
+    let members = cfg.ensemble;
+    let checkpoints: Vec<Option<PathBuf>> = (0..members).map(|m| cfg.checkpoint.as_ref().map(|p| member_checkpoint(p, m))).collect();
+    let mut resume_from = vec![];
+    for path in &checkpoints {
+        resume_from.push(match path {
+            Some(path) if path.exists() => {
+                let differences = checkpoint::config_differences(&checkpoint::stored_config(path)?, &config);
+                if !differences.is_empty() {
+                    return Err(Error::Checkpoint {
+                        path: path.clone(),
+                        msg: format!(
+                            "written by a run with other settings ({}); rerun with the same settings to resume, or start afresh (another --out, or --restart)",
+                            differences.join(", ")
+                        ),
+                    });
+                }
+                Some(path.clone())
             }
-            Some(path.clone())
-        }
-        _ => None,
-    };
-    let mut p = prepare(backend, cfg, obs)?;
+            _ => None,
+        });
+    }
+    let p = prepare(backend, cfg, obs)?;
     let classes = p.dataset.classes.len();
     let trainable = cfg.model.policy.trainable();
-    let resume = match &resume_from {
-        Some(path) => {
-            let c = checkpoint::load(path, &p.weights, &trainable)?;
-            obs.message(&format!("resuming from step {} of {} ({})", c.progress.step, c.progress.total, path.display()));
-            Some(c)
+    let single = members == 1;
+    // An ensemble's members are chosen on validation; test is scored once per member, at the end.
+    let no_test = Inputs::none();
+    let test_during = if single { &p.test } else { &no_test };
+    let (mut val_sum, mut test_sum) = (ProbabilitySum::new(p.val.len(), classes), ProbabilitySum::new(p.test.len(), classes));
+    let (mut reports, mut bests, mut outcomes) = (vec![], vec![], vec![]);
+    let mut single_metrics = None;
+    let mut first = Some(p.model);
+    for m in 0..members {
+        let offset = crate::ensemble::member_seed_offset(m);
+        let (base, mut model) = match first.take() {
+            Some(model) => (p.weights.clone(), model),
+            None => member_model(&p.weights, p.backbone.as_ref(), backend, cfg, m)?,
+        };
+        if !single {
+            obs.message(&format!("ensemble member {} of {members} (seeds +{offset})", m + 1));
         }
-        None => None,
+        let resume = match &resume_from[m as usize] {
+            Some(path) => {
+                let c = checkpoint::load(path, &base, &trainable)?;
+                obs.message(&format!("resuming from step {} of {} ({})", c.progress.step, c.progress.total, path.display()));
+                Some(c)
+            }
+            None => None,
+        };
+        let (config, trainable) = (&config, &trainable);
+        let mut save_to = checkpoints[m as usize].as_ref().map(|path| {
+            move |progress: &checkpoint::Progress, now: &WeightSet, best: &WeightSet, state: &crate::backend::TrainState| {
+                checkpoint::save(path, config, trainable, progress, now, best, state)
+            }
+        });
+        let save = save_to.as_mut().map(|f| f as &mut crate::train::SaveCheckpoint<'_>);
+        let train_cfg = TrainConfig { seed: cfg.train.seed + offset, ..cfg.train };
+        let out = train_resumable(model.as_mut(), &p.train, &p.val, test_during, classes, &train_cfg, obs, resume, save)?;
+        let batch = cfg.train.batch_size;
+        if single {
+            // A single model is scored as it always was: the arg-max of its logits (or of the
+            // views' mean softmax).
+            single_metrics = Some((evaluate(model.as_mut(), &p.val, classes, batch)?, evaluate(model.as_mut(), &p.test, classes, batch)?));
+            bests.push(out.best.clone());
+            outcomes.push(out);
+            break;
+        }
+        let (vp, tp) = (probabilities(model.as_mut(), &p.val, batch)?, probabilities(model.as_mut(), &p.test, batch)?);
+        let alone = |probs: &crate::HostTensor, labels: &[u32]| {
+            let mut one = ProbabilitySum::new(labels.len(), classes);
+            one.add(probs).map(|_| one.metrics(labels).accuracy)
+        };
+        let (val_alone, test_alone) = (alone(&vp, p.val.labels())?, alone(&tp, p.test.labels())?);
+        val_sum.add(&vp)?;
+        test_sum.add(&tp)?;
+        reports.push(MemberReport {
+            member: m,
+            seed_offset: offset,
+            best_step: out.best_step,
+            curve: out.curve.clone(),
+            val_accuracy: val_alone,
+            test_accuracy: test_alone,
+            ensemble_val_accuracy: val_sum.metrics(p.val.labels()).accuracy,
+            ensemble_test_accuracy: test_sum.metrics(p.test.labels()).accuracy,
+        });
+        {
+            let r = reports.last().expect("just pushed");
+            obs.message(&format!(
+                "member {}: val {:.2}%, test {:.2}% alone; ensemble of {}: val {:.2}%, test {:.2}%",
+                m + 1,
+                100.0 * r.val_accuracy,
+                100.0 * r.test_accuracy,
+                m + 1,
+                100.0 * r.ensemble_val_accuracy,
+                100.0 * r.ensemble_test_accuracy
+            ));
+        }
+        bests.push(out.best.clone());
+        outcomes.push(out);
+    }
+    // An ensemble is scored by the arg-max of its members' mean probabilities.
+    let (val, test) = match single_metrics {
+        Some(m) => m,
+        None => (val_sum.metrics(p.val.labels()), test_sum.metrics(p.test.labels())),
     };
-    let (config, trainable) = (&config, &trainable);
-    let mut save_to = cfg.checkpoint.as_ref().map(|path| {
-        move |progress: &checkpoint::Progress, now: &WeightSet, best: &WeightSet, state: &crate::backend::TrainState| {
-            checkpoint::save(path, config, trainable, progress, now, best, state)
-        }
-    });
-    let save = save_to.as_mut().map(|f| f as &mut crate::train::SaveCheckpoint<'_>);
-    let out = train_resumable(p.model.as_mut(), &p.train, &p.val, &p.test, classes, &cfg.train, obs, resume, save)?;
-    let eval = |m: &mut dyn Model, x: &Inputs| evaluate(m, x, classes, cfg.train.batch_size);
-    let val = eval(p.model.as_mut(), &p.val)?;
-    let test = eval(p.model.as_mut(), &p.test)?;
+    let out = &outcomes[0];
     let (extracted, views, ex_s) = p.fill.as_ref().map(|f| (f.extracted_images, f.extracted_views, f.seconds)).unwrap_or((0, 0, 0.0));
-    let epochs = out.samples as f64 / p.train.len().max(1) as f64;
+    let train_seconds: f64 = outcomes.iter().map(|o| o.train_seconds).sum();
+    let samples: usize = outcomes.iter().map(|o| o.samples).sum();
+    let epochs = samples as f64 / p.train.len().max(1) as f64;
     let timings = Timings {
         extracted_images: extracted,
         extracted_views: views,
         extract_seconds: ex_s,
         extract_images_per_second: (extracted > 0).then(|| extracted as f64 / ex_s),
         extract_views_per_second: (extracted > 0).then(|| views as f64 / ex_s),
-        train_seconds: out.train_seconds,
-        train_samples: out.samples,
-        train_samples_per_second: out.samples as f64 / out.train_seconds.max(1e-9),
-        seconds_per_epoch: out.train_seconds / epochs.max(1e-9),
-        eval_seconds: out.eval_seconds,
+        train_seconds,
+        train_samples: samples,
+        train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
+        seconds_per_epoch: train_seconds / epochs.max(1e-9),
+        eval_seconds: outcomes.iter().map(|o| o.eval_seconds).sum(),
     };
     let report = RunReport {
         tool: format!("alexnet-rs {}", env!("CARGO_PKG_VERSION")),
@@ -500,15 +636,16 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         data: p.data,
         cache: p.cache,
         timings,
-        curve: out.curve,
+        curve: out.curve.clone(),
         best_step: out.best_step,
         val,
         test,
         fold: cfg.split.fold,
         repeat: 0,
         recipe: None,
+        members: reports,
     };
-    Ok((report, out.best))
+    Ok((report, bests))
 }
 
 #[cfg(test)]
@@ -581,6 +718,8 @@ mod tests {
             (Box::new(|c| c.augment.color_jitter = 1.5), "--color-jitter"),
             (Box::new(|c| c.augment.color_jitter = f32::NAN), "--color-jitter"),
             (Box::new(|c| c.extract_batch = 0), "--extract-batch"),
+            (Box::new(|c| c.ensemble = 0), "--ensemble"),
+            (Box::new(|c| c.ensemble = crate::ensemble::MAX_MEMBERS + 1), "--ensemble"),
         ];
         for (change, flag) in cases {
             let mut c = ok.clone();
@@ -592,5 +731,13 @@ mod tests {
         let e = run(&NoBackend, &ok, &Silent).err().unwrap().to_string();
         assert!(e.contains("no-such-data") && e.contains("does not exist"), "{e}");
         assert!(!ok.cache.root.exists());
+    }
+
+    #[test]
+    fn members_keep_their_checkpoints_beside_member_0s() {
+        let p = std::path::Path::new("run/checkpoint.safetensors");
+        assert_eq!(member_checkpoint(p, 0), p);
+        assert_eq!(member_checkpoint(p, 3), std::path::Path::new("run/checkpoint.member3.safetensors"));
+        assert_eq!(member_checkpoint(std::path::Path::new("ckpt"), 1), std::path::Path::new("ckpt.member1"));
     }
 }

@@ -15,6 +15,7 @@ pub mod checkpoint;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod data;
+pub mod ensemble;
 mod error;
 pub mod experiment;
 pub mod extract;

@@ -115,6 +115,10 @@ pub struct RunReport {
     /// The experiment's variant of the settings this run used (`experiment --vary`: `tta=flip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<String>,
+    /// An ensemble's members (`--ensemble N`, N ≥ 2), each alone and the ensemble of the first
+    /// ones; empty for a single model. `val` and `test` are then the whole ensemble's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::ensemble::MemberReport>,
 }
 
 /// Where the cache was and what it did.

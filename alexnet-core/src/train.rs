@@ -130,6 +130,11 @@ impl Inputs {
         self.len() == 0
     }
 
+    /// No samples: a set that is never evaluated.
+    pub fn none() -> Self {
+        Inputs::Cached { feature_shape: vec![], views: vec![], labels: vec![], tta: Tta::None }
+    }
+
     /// Labels, in sample order.
     pub fn labels(&self) -> &[u32] {
         match self {
@@ -266,6 +271,21 @@ pub fn evaluate(model: &mut dyn Model, inputs: &Inputs, classes: usize, batch: u
         conf.add(&labels, &argmax_rows(&scores));
     }
     Ok(conf.into())
+}
+
+/// The class probabilities `model` (eval mode) gives each sample of `inputs` (`[samples,
+/// classes]`): the softmax of the centre crop, or its average over `inputs.tta()`'s views.
+pub fn probabilities(model: &mut dyn Model, inputs: &Inputs, batch: usize) -> Result<HostTensor> {
+    let n = inputs.tta().len();
+    let mut rows: Vec<f32> = Vec::new();
+    let mut classes = 0;
+    for b in inputs.eval_batches(batch) {
+        let (x, _) = b?;
+        let p = mean_softmax(&model.logits(&x, inputs.stage())?, n);
+        classes = p.row_len();
+        rows.extend_from_slice(&p.data);
+    }
+    HostTensor::new(vec![inputs.len(), classes], rows)
 }
 
 /// What a training run produced.

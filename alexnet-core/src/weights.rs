@@ -42,6 +42,18 @@ impl WeightSet {
         w
     }
 
+    /// The same set with every layer that started from a seeded initialisation (not loaded
+    /// from a file) drawn again from `seed`: an ensemble member's starting point.
+    pub fn reinitialised(&self, seed: u64) -> Self {
+        let mut w = self.clone();
+        for id in self.spec.layer_ids() {
+            if matches!(self.sources.get(&id), Some(LayerSource::Initialised { .. })) {
+                w.init_layer(id, seed);
+            }
+        }
+        w
+    }
+
     fn init_layer(&mut self, id: LayerId, seed: u64) {
         let l = self.spec.layer(id);
         let fan_in: usize = l.weight_shape[1..].iter().product();
@@ -314,6 +326,22 @@ mod tests {
         let (tensors, m) = parse_safetensors(&a).unwrap();
         assert_eq!(&tensors, w.tensors());
         assert_eq!(m, meta());
+    }
+
+    #[test]
+    fn reinitialising_redraws_only_the_seeded_layers() {
+        let spec = AlexNetSpec::new(3);
+        let mut w = WeightSet::initialised(&spec, 0);
+        w.set_source(LayerId::Conv1, LayerSource::Pretrained { file: "conv.safetensors".into() });
+        let r = w.reinitialised(1000);
+        assert_eq!(r.layer(LayerId::Conv1), w.layer(LayerId::Conv1));
+        assert_eq!(r.source(LayerId::Conv1), w.source(LayerId::Conv1));
+        let fresh = WeightSet::initialised(&spec, 1000);
+        for l in [LayerId::Fc6, LayerId::Fc7, LayerId::Fc8] {
+            assert_ne!(r.layer(l), w.layer(l));
+            assert_eq!(r.layer(l), fresh.layer(l));
+            assert_eq!(r.source(l), Some(&LayerSource::Initialised { seed: 1000 }));
+        }
     }
 
     #[test]

@@ -118,6 +118,7 @@ fn conv5_and_uncached_runs_train() {
     cfg.cache.views = 1;
     cfg.model.policy = "conv5".parse::<FreezePolicy>().unwrap();
     let (r, best) = run(&backend, &cfg, &Silent).unwrap();
+    let best = &best[0];
     assert_eq!(r.cut, "conv4");
     assert!(r.cache.is_some());
     let w0 = WeightSet::load_pretrained(&weights, best.spec(), 0).unwrap();

@@ -326,6 +326,11 @@ pub struct TrainArgs {
     /// Discard a checkpoint left in --out by an interrupted run and start afresh.
     #[arg(long)]
     pub restart: bool,
+    /// Train an ensemble of N models (1 to 16) on the same cached features, each with its own
+    /// seeds (new layers' initialisation, shuffling, dropout), and average their softmax:
+    /// N times the training, one extraction.
+    #[arg(long, default_value_t = 1, value_parser = ensemble_members)]
+    pub ensemble: u32,
 }
 
 /// Optimiser and regularisation options (train, experiment).
@@ -392,6 +397,10 @@ pub struct ExperimentArgs {
     /// Evaluate val and test every N steps (default: steps/10).
     #[arg(long, value_parser = at_least_one::<usize>)]
     pub eval_every: Option<usize>,
+    /// Train every setting as an ensemble of N models (as `train --ensemble N`); the tables
+    /// add the accuracy of the first 1, 2, …, N members, paired fold by fold.
+    #[arg(long, default_value_t = 1, value_parser = ensemble_members)]
+    pub ensemble: u32,
     /// Depth whose cached and uncached (`--no-cache`) step speeds are compared; "none" skips it.
     #[arg(long, default_value = "fc6", value_parser = speedup_policy)]
     pub speedup_policy: SpeedupPolicy,
@@ -613,6 +622,7 @@ impl TrainArgs {
         cfg.train.epochs = self.epochs.unwrap_or(if head { HEAD_STEPS } else { alexnet_core::train::DEFAULT_EPOCHS });
         cfg.train.max_steps = steps;
         cfg.train.eval_every = self.eval_every;
+        cfg.ensemble = self.ensemble;
     }
 }
 
@@ -651,6 +661,15 @@ pub struct SpeedupPolicy(pub Option<FreezePolicy>);
 
 // Value parsers: each error is one line that clap prints as
 // `error: invalid value 'X' for '--flag <FLAG>': <message>` (exit status 2).
+
+/// Ensemble members: 1 to [`alexnet_core::ensemble::MAX_MEMBERS`].
+fn ensemble_members(s: &str) -> Result<u32, String> {
+    let max = alexnet_core::ensemble::MAX_MEMBERS;
+    match s.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {max}")),
+    }
+}
 
 /// A whole number ≥ 1.
 fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<T, String> {

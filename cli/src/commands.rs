@@ -87,10 +87,15 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     // Checkpoints go into the run folder (created with the first one); an interrupted run
     // continues from its last one.
     let checkpoint = out.join(rundir::CHECKPOINT);
-    if checkpoint.exists() {
+    // Every member's checkpoint an ensemble (of any size) may have left.
+    let checkpoints: Vec<PathBuf> =
+        (0..=alexnet_core::ensemble::MAX_MEMBERS).map(|m| alexnet_core::job::member_checkpoint(&checkpoint, m)).filter(|p| p.exists()).collect();
+    if !checkpoints.is_empty() {
         if args.restart {
-            std::fs::remove_file(&checkpoint).with_context(|| checkpoint.display().to_string())?;
-            eprintln!("--restart: discarded the checkpoint {}", checkpoint.display());
+            for c in &checkpoints {
+                std::fs::remove_file(c).with_context(|| c.display().to_string())?;
+                eprintln!("--restart: discarded the checkpoint {}", c.display());
+            }
         } else {
             eprintln!("{} holds the checkpoint of an interrupted run: continuing it (--restart starts afresh)", out.display());
         }
@@ -107,17 +112,24 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
         backbone: cfg.backbone,
         backbone_weights: (cfg.backbone != alexnet_core::backbone::Backbone::AlexNet).then(|| cfg.weights.clone()).flatten(),
         tta: cfg.tta,
+        ensemble: cfg.ensemble,
     };
-    rundir::save(out, &best, &info)?;
+    let mut written = rundir::save(out, &best, &info)?;
     alexnet_core::write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report)?)?;
-    let mut written = vec![out.join(rundir::WEIGHTS), out.join("report.json")];
+    written.push(out.join("report.json"));
     written.extend(plots::learning_curve(&report, &out.join("curve"))?);
     let title = format!("test confusion · {:.1}% · fine-tune {}", 100.0 * report.test.accuracy, report.policy);
     written.extend(plots::confusion(&report.test.confusion, &report.data.classes, &title, &out.join("confusion"))?);
+    if !report.members.is_empty() {
+        written.extend(plots::ensemble_members(&report, &out.join("ensemble"))?);
+    }
     // The model and report are safely written: the run is complete.
-    match std::fs::remove_file(&checkpoint) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| checkpoint.display().to_string()),
-        _ => {}
+    for m in 0..=alexnet_core::ensemble::MAX_MEMBERS {
+        let c = alexnet_core::job::member_checkpoint(&checkpoint, m);
+        match std::fs::remove_file(&c) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| c.display().to_string()),
+            _ => {}
+        }
     }
     print_summary(&report);
     println!("wrote: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
@@ -148,7 +160,21 @@ fn print_summary(r: &RunReport) {
         );
     }
     println!("{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)", "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second);
-    println!("{:<28} {}", "best step (validation)", r.best_step);
+    if r.members.is_empty() {
+        println!("{:<28} {}", "best step (validation)", r.best_step);
+    }
+    for m in &r.members {
+        println!(
+            "{:<28} best step {}, val {:.2}%, test {:.2}% (ensemble of {}: val {:.2}%, test {:.2}%)",
+            format!("member {} (seeds +{})", m.member + 1, m.seed_offset),
+            m.best_step,
+            100.0 * m.val_accuracy,
+            100.0 * m.test_accuracy,
+            m.member + 1,
+            100.0 * m.ensemble_val_accuracy,
+            100.0 * m.ensemble_test_accuracy
+        );
+    }
     println!("{:<28} {:.2}%", "validation accuracy", 100.0 * r.val.accuracy);
     let (lo, hi) = r.test.interval95();
     println!(
@@ -242,8 +268,12 @@ fn extract(backend: &dyn Backend, args: ExtractArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds the trained model for inference (every layer frozen but fc8; policy is irrelevant here).
+/// Builds the trained model for inference (every layer frozen but fc8; policy is irrelevant
+/// here), or an ensemble's members as one model.
 fn inference_model(backend: &dyn Backend, run: &rundir::RunDir) -> Result<Box<dyn alexnet_core::Model>> {
+    if run.info.ensemble > 1 {
+        return inference_ensemble(backend, run);
+    }
     let weights = run.weights()?;
     let info = &run.info;
     // AlexNet: everything frozen but fc8 (images run the backend's own prefix). A head on a
@@ -258,6 +288,32 @@ fn inference_model(backend: &dyn Backend, run: &rundir::RunDir) -> Result<Box<dy
         (b, Some(file)) => {
             let frozen = alexnet_core::backbone::FrozenBackbone::load(b, info.preprocess.crop as usize, file)?.context("a described backbone")?;
             Ok(frozen.model(backend, head)?)
+        }
+        (b, None) => bail!("{}: a {b} model needs backbone_weights", run.dir.join(rundir::INFO).display()),
+    }
+}
+
+/// An ensemble for inference. Built with the training policy, so the members' frozen prefix
+/// (the same pretrained layers, checked by content hash) runs once per batch and each member's
+/// trained layers continue from it; a frozen described backbone likewise runs once in front of
+/// all the heads.
+fn inference_ensemble(backend: &dyn Backend, run: &rundir::RunDir) -> Result<Box<dyn alexnet_core::Model>> {
+    use alexnet_core::backbone::Backbone;
+    use alexnet_core::ensemble::Ensemble;
+    let info = &run.info;
+    let members = run.members()?;
+    let policy: FreezePolicy = match info.backbone {
+        Backbone::AlexNet => info.policy.parse()?,
+        _ => FreezePolicy::from_layer(members[0].spec().layer_ids()[0]),
+    };
+    let frozen = policy.frozen();
+    let shared = members.iter().all(|w| w.content_hash(&frozen) == members[0].content_hash(&frozen));
+    let heads = members.iter().map(|w| backend.build(w, &ModelConfig::new(policy))).collect::<alexnet_core::Result<Vec<_>>>()?;
+    match (info.backbone, &info.backbone_weights) {
+        (Backbone::AlexNet, _) => Ok(Box::new(Ensemble::new(heads, shared)?)),
+        (b, Some(file)) => {
+            let frozen = alexnet_core::backbone::FrozenBackbone::load(b, info.preprocess.crop as usize, file)?.context("a described backbone")?;
+            Ok(frozen.model(backend, Box::new(Ensemble::new(heads, true)?))?)
         }
         (b, None) => bail!("{}: a {b} model needs backbone_weights", run.dir.join(rundir::INFO).display()),
     }

@@ -133,6 +133,7 @@ fn config(args: &ExperimentArgs, classes: usize) -> Result<ExperimentConfig> {
     let weights_path = if backbones.contains(&Backbone::AlexNet) { resolve_weights(&alex)? } else { None };
     let mut base = alex.job_config(weights_path.clone());
     args.optim.apply(&mut base, args.steps);
+    base.ensemble = args.ensemble;
     // The default depths depend on which layers the weights file really has; every run loads the
     // weights itself, so read them here only when the depths are not given.
     let weights = match weights_path.as_ref().filter(|_| args.policies.is_empty()) {
@@ -161,6 +162,7 @@ fn config(args: &ExperimentArgs, classes: usize) -> Result<ExperimentConfig> {
         let mut job = data.job_config(resolve_weights(&data)?);
         job.model.policy = Backbone::head_policy(data.head_hidden);
         args.optim.apply(&mut job, args.steps);
+        job.ensemble = args.ensemble;
         cfg.backbone_jobs.push(job);
     }
     cfg.validate()?;
@@ -190,6 +192,11 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     let several = rep.runs.iter().any(|r| r.backend != rep.runs[0].backend);
     let backbones = rep.runs.iter().any(|r| r.backbone != rep.runs[0].backbone);
     let groups = rep.groups();
+    // Test accuracy along the curves; validation when no run has it (an ensemble's members are
+    // scored on test only once they are finished).
+    let on_test = rep.runs.iter().any(|r| r.curve.iter().any(|p| p.test_accuracy.is_some()));
+    let metric = move |p: &alexnet_core::report::CurvePoint| if on_test { p.test_accuracy } else { p.val_accuracy };
+    let metric_name = if on_test { "test accuracy" } else { "validation accuracy" };
     // One curve per setting: the mean over its folds/repeats at each evaluation step, shaded
     // from the lowest to the highest run (a single run is its own curve).
     let series = |x: &dyn Fn(&alexnet_core::report::RunReport, &alexnet_core::report::CurvePoint) -> f64| -> Vec<Series> {
@@ -207,7 +214,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
                 let steps = g.runs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
                 let (mut points, mut band) = (vec![], vec![]);
                 for i in 0..steps {
-                    let at: Vec<(f64, f64)> = g.runs.iter().filter_map(|r| r.curve[i].test_accuracy.map(|a| (x(r, &r.curve[i]), a))).collect();
+                    let at: Vec<(f64, f64)> = g.runs.iter().filter_map(|r| metric(&r.curve[i]).map(|a| (x(r, &r.curve[i]), a))).collect();
                     if at.len() < n {
                         continue;
                     }
@@ -218,6 +225,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
                 }
                 Series { name, points, band: if n > 1 { band } else { vec![] } }
             })
+            .filter(|s| !s.points.is_empty())
             .collect()
     };
     let what = match (several, backbones) {
@@ -229,15 +237,15 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     let what = if rep.runs.iter().any(|r| r.recipe.is_some()) { format!("{what} and variant") } else { what.to_string() };
     // Other backbones' heads train with their own batch size.
     let batch = if backbones { String::new() } else { format!(" · batch {}", rep.batch_size) };
-    let title = format!("test accuracy by {what} · {}{batch}", rep.runs[0].device);
+    let title = format!("{metric_name} by {what} · {}{batch}", rep.runs[0].device);
     // From a tenth below the lowest point to 1, so close curves stay apart.
-    let lowest = rep.runs.iter().flat_map(|r| r.curve.iter().filter_map(|p| p.test_accuracy)).fold(1.0f64, f64::min);
+    let lowest = rep.runs.iter().flat_map(|r| r.curve.iter().filter_map(metric)).fold(1.0f64, f64::min);
     let y_range = Some((((lowest - 0.05) * 10.0).floor().max(0.0) / 10.0, 1.0));
     let by_step = series(&|_, p| p.step as f64);
     written.extend(both(
         &out.join("accuracy_vs_step"),
         (1000, 620),
-        &LineChart { title: &title, x_label: "training step", y_label: "test accuracy", series: &by_step, y_range },
+        &LineChart { title: &title, x_label: "training step", y_label: metric_name, series: &by_step, y_range },
     )?);
     // The cache fill is part of what a run costs: each curve starts after its extraction.
     let by_time = series(&|r, p| r.timings.extract_seconds + p.train_seconds);
@@ -247,10 +255,20 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
         &LineChart {
             title: &title,
             x_label: "wall-clock seconds: cache fill (extraction) + training, excl. evaluation",
-            y_label: "test accuracy",
+            y_label: metric_name,
             series: &by_time,
             y_range,
         },
     )?);
+    // Ensembles: accuracy against the number of members, per setting.
+    let ensembles: Vec<Series> = groups
+        .iter()
+        .filter(|g| g.runs.iter().all(|r| !r.members.is_empty()))
+        .flat_map(|g| crate::plots::ensemble_series(&g.runs, &format!("{}: ", g.label(several))))
+        .collect();
+    if !ensembles.is_empty() {
+        let title = format!("ensembles of the first k members · {}", rep.runs[0].device);
+        written.extend(crate::plots::ensemble_chart(&ensembles, &title, &out.join("ensemble"))?);
+    }
     Ok(written)
 }

@@ -137,11 +137,20 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
     let pts = |f: &dyn Fn(&alexnet_core::report::CurvePoint) -> Option<f64>| -> Vec<(f64, f64)> {
         report.curve.iter().filter_map(|p| f(p).map(|v| (p.step as f64, v))).collect()
     };
-    let acc = [
+    let mut acc = vec![
         Series::line("train (running)", pts(&|p| Some(p.train_accuracy))),
         Series::line("validation", pts(&|p| p.val_accuracy)),
         Series::line("test", pts(&|p| p.test_accuracy)),
     ];
+    // An ensemble: each member's validation curve (test is scored once, on the finished members).
+    if !report.members.is_empty() {
+        acc.truncate(1);
+        acc[0].name = "train (running), member 1".into();
+        for m in &report.members {
+            let val = m.curve.iter().filter_map(|p| p.val_accuracy.map(|v| (p.step as f64, v))).collect();
+            acc.push(Series::line(format!("validation, member {}", m.member + 1), val));
+        }
+    }
     let loss = [Series::line("train loss", pts(&|p| Some(p.train_loss as f64)))];
     let title = format!("{} · fine-tune {} · {}", report.backend, report.policy, report.device);
     both(
@@ -152,6 +161,48 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
             LineChart { title: "training loss", x_label: "step", y_label: "cross-entropy", series: &loss, y_range: None },
         ),
     )
+}
+
+/// The accuracy of ensembles of the first k members against k, alone and together: the mean
+/// over `runs` (folds or repeats of one setting), shaded from the lowest to the highest run.
+pub fn ensemble_series(runs: &[&RunReport], prefix: &str) -> Vec<Series> {
+    type Pick = fn(&alexnet_core::ensemble::MemberReport) -> f64;
+    let picks: [(&str, Pick); 4] = [
+        ("validation, ensemble of the first k", |m| m.ensemble_val_accuracy),
+        ("test, ensemble of the first k", |m| m.ensemble_test_accuracy),
+        ("validation, member k alone", |m| m.val_accuracy),
+        ("test, member k alone", |m| m.test_accuracy),
+    ];
+    let k = runs.iter().map(|r| r.members.len()).min().unwrap_or(0);
+    let n = runs.len() as f64;
+    picks
+        .iter()
+        .map(|(name, pick)| {
+            let (mut points, mut band) = (vec![], vec![]);
+            for i in 0..k {
+                let v: Vec<f64> = runs.iter().map(|r| pick(&r.members[i])).collect();
+                let x = (i + 1) as f64;
+                points.push((x, v.iter().sum::<f64>() / n));
+                band.push((x, v.iter().copied().fold(1.0, f64::min), v.iter().copied().fold(0.0, f64::max)));
+            }
+            let name = if runs.len() > 1 { format!("{prefix}{name} (mean of {}, range shaded)", runs.len()) } else { format!("{prefix}{name}") };
+            Series { name, points, band: if runs.len() > 1 { band } else { vec![] } }
+        })
+        .collect()
+}
+
+/// `ensemble.png/svg` of one run: accuracy against the number of members.
+pub fn ensemble_members(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
+    let series = ensemble_series(&[report], "");
+    let title = format!("ensemble of {} · {} · fine-tune {} · {}", report.members.len(), report.backend, report.policy, report.device);
+    ensemble_chart(&series, &title, base)
+}
+
+/// Draws ensemble series (accuracy against members) into `<base>.png/svg`.
+pub fn ensemble_chart(series: &[Series], title: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    let lowest = series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().map(|b| b.1))).fold(1.0f64, f64::min);
+    let y_range = Some((((lowest - 0.02) * 20.0).floor().max(0.0) / 20.0, 1.0));
+    both(base, (1000, 620), &LineChart { title, x_label: "members (k)", y_label: "accuracy", series, y_range })
 }
 
 /// Two figures, one above the other (60/40).

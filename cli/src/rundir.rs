@@ -26,6 +26,23 @@ pub struct ModelInfo {
     /// Test-time augmentation the model was selected with (`eval` and `predict` use it).
     #[serde(default)]
     pub tta: alexnet_core::data::Tta,
+    /// Ensemble members (`train --ensemble N`): member 0 in `model.safetensors`, member m in
+    /// `model.member{m}.safetensors`; their softmax is averaged.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ensemble: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The weights file of ensemble member `m` (member 0: [`WEIGHTS`]).
+pub fn member_weights(m: u32) -> String {
+    if m == 0 { WEIGHTS.to_string() } else { format!("model.member{m}.safetensors") }
 }
 
 /// Model file names inside a run folder.
@@ -67,6 +84,9 @@ impl ModelInfo {
         }
         self.policy.parse::<FreezePolicy>().map_err(|e| format!("\"policy\": {}", plain(e)))?;
         self.split.validate().map_err(|e| format!("\"split\": {}", plain(e)))?;
+        if !(1..=alexnet_core::ensemble::MAX_MEMBERS).contains(&self.ensemble) {
+            return Err(format!("\"ensemble\": {} members; a model has 1 to {}", self.ensemble, alexnet_core::ensemble::MAX_MEMBERS));
+        }
         Ok(())
     }
 }
@@ -101,16 +121,29 @@ impl RunDir {
         if let Err(msg) = info.check() {
             bail!("{}: {msg}", info_path.display());
         }
-        let weights = dir.join(WEIGHTS);
-        if !weights.is_file() {
-            bail!("{}: missing; the run folder has {INFO} but no trained weights", weights.display());
+        for m in 0..info.ensemble {
+            let weights = dir.join(member_weights(m));
+            if !weights.is_file() {
+                let what = if info.ensemble == 1 { "no trained weights".to_string() } else { format!("{} ensemble members", info.ensemble) };
+                bail!("{}: missing; the run folder has {INFO} with {what}", weights.display());
+            }
         }
         Ok(Self { dir, info })
     }
 
-    /// Loads `model.safetensors` and checks it is the network `model.json` describes.
+    /// Loads every member's weights (one for a single model), each checked as [`RunDir::member`].
+    pub fn members(&self) -> Result<Vec<WeightSet>> {
+        (0..self.info.ensemble).map(|m| self.member(m)).collect()
+    }
+
+    /// Loads `model.safetensors` (member 0) and checks it is the network `model.json` describes.
     pub fn weights(&self) -> Result<WeightSet> {
-        let path = self.dir.join(WEIGHTS);
+        self.member(0)
+    }
+
+    /// Loads member `m`'s weights and checks they are the network `model.json` describes.
+    pub fn member(&self, m: u32) -> Result<WeightSet> {
+        let path = self.dir.join(member_weights(m));
         let w = WeightSet::load_checkpoint(&path)?;
         let (spec, info) = (w.spec(), &self.info);
         if spec.num_classes != info.classes.len() {
@@ -129,11 +162,27 @@ impl RunDir {
     }
 }
 
-/// Writes the model and its info atomically into `dir`.
-pub fn save(dir: &Path, weights: &WeightSet, info: &ModelInfo) -> Result<()> {
-    weights.save(&dir.join(WEIGHTS))?;
+/// Writes the model (every member of an ensemble) and its info atomically into `dir`; member
+/// files of an earlier, larger ensemble in `dir` are removed.
+pub fn save(dir: &Path, members: &[WeightSet], info: &ModelInfo) -> Result<Vec<PathBuf>> {
+    if members.len() != info.ensemble as usize {
+        bail!("{} member weight sets for a model.json of {} members", members.len(), info.ensemble);
+    }
+    let mut written = vec![];
+    for (m, w) in members.iter().enumerate() {
+        let path = dir.join(member_weights(m as u32));
+        w.save(&path)?;
+        written.push(path);
+    }
+    for m in info.ensemble..=alexnet_core::ensemble::MAX_MEMBERS {
+        let stale = dir.join(member_weights(m));
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| stale.display().to_string()),
+            _ => {}
+        }
+    }
     alexnet_core::write_atomic(&dir.join(INFO), &serde_json::to_vec_pretty(info)?)?;
-    Ok(())
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -150,6 +199,7 @@ mod tests {
             backbone: Backbone::AlexNet,
             backbone_weights: None,
             tta: Default::default(),
+            ensemble: 1,
         }
     }
 
@@ -157,7 +207,7 @@ mod tests {
     fn model_json_checks_name_what_is_wrong() {
         info().check().unwrap();
         type Change = fn(&mut ModelInfo);
-        let cases: [(Change, &str); 7] = [
+        let cases: [(Change, &str); 9] = [
             (|i| i.classes.truncate(1), "lists 1 class(es)"),
             (|i| i.classes[1] = String::new(), "\"classes\"[1] is empty"),
             (|i| i.classes[1] = "daisy".into(), "\"daisy\" twice"),
@@ -165,6 +215,8 @@ mod tests {
             (|i| i.preprocess = Preprocess { resize: 100, crop: 100, ..Default::default() }, "pool5"),
             (|i| i.policy = "fc9".into(), "\"policy\": unknown --finetune value \"fc9\""),
             (|i| i.split.test_percent = 100.0, "\"split\": --test-percent 100"),
+            (|i| i.ensemble = 0, "\"ensemble\": 0 members"),
+            (|i| i.ensemble = 17, "\"ensemble\": 17 members"),
         ];
         for (change, want) in cases {
             let mut i = info();

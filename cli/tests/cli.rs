@@ -316,3 +316,84 @@ fn recipe_options_and_experiment_variants() {
         assert_eq!(kept["runs"].as_array().unwrap().len(), 4, "every run of the first experiment is kept");
     }
 }
+
+/// `--ensemble N`: N members on one extraction, saved as `model.json` + one weights file each;
+/// `eval` and `predict` run them as one model with the training's scores; `experiment
+/// --ensemble N` adds the table of the first k members.
+#[test]
+fn ensembles_train_evaluate_and_compare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6);
+    let run = tmp.path().join("run");
+    let w = pretrained_weights();
+    let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
+    let common = ["--data", d, "--weights", wp, "--batch-size", "6", "--cache-views", "1", "--tta", "flip"];
+    let train = |members: &str| {
+        let mut args = vec!["train", "--out", r, "--steps", "3", "--eval-every", "1", "--ensemble", members];
+        args.extend(common);
+        alexnet(&args, tmp.path())
+    };
+    let out = train("3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ensemble member 3 of 3"), "{stderr}");
+    for f in ["model.safetensors", "model.member1.safetensors", "model.member2.safetensors", "ensemble.png", "ensemble.svg"] {
+        assert!(run.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    let bytes = |f: &str| std::fs::read(run.join(f)).unwrap();
+    assert_ne!(bytes("model.safetensors"), bytes("model.member1.safetensors"), "members have their own seeds");
+    let info: serde_json::Value = serde_json::from_slice(&bytes("model.json")).unwrap();
+    assert_eq!(info["ensemble"], 3);
+    let report: serde_json::Value = serde_json::from_slice(&bytes("report.json")).unwrap();
+    let members = report["members"].as_array().unwrap();
+    let offsets: Vec<u64> = members.iter().map(|m| m["seed_offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [0, 1000, 2000]);
+    // The run's scores are the whole ensemble's; member 0 alone is the first k = 1 ensemble.
+    let last = &members[2];
+    assert_eq!(last["ensemble_test_accuracy"], report["test"]["accuracy"]);
+    assert_eq!(last["ensemble_val_accuracy"], report["val"]["accuracy"]);
+    assert_eq!(members[0]["ensemble_test_accuracy"], members[0]["test_accuracy"]);
+    // Members are chosen on validation alone: no test score along their curves.
+    assert!(report["curve"].as_array().unwrap().iter().all(|p| p["test_accuracy"].is_null()));
+
+    // `eval` runs the members as one model: the ensemble's test accuracy, as training reported.
+    let out = alexnet(&["eval", "--model", r, "--data", d, "--split", "test", "--json"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["samples"], report["data"]["test"]);
+    assert_eq!(j["accuracy"].as_f64().unwrap(), report["test"]["accuracy"].as_f64().unwrap());
+    let img = std::fs::read_dir(data.join("daisy")).unwrap().next().unwrap().unwrap().path();
+    let out = alexnet(&["predict", "--model", r, "--top-k", "9", "--json", img.to_str().unwrap()], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p: f64 = j["top"].as_array().unwrap().iter().map(|t| t["probability"].as_f64().unwrap()).sum();
+    assert!((p - 1.0).abs() < 1e-5, "{j}");
+
+    // A smaller ensemble into the same folder leaves no stale member behind; a lost member file
+    // is named before any work.
+    let out = train("2");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run.join("model.member1.safetensors").exists() && !run.join("model.member2.safetensors").exists());
+    std::fs::remove_file(run.join("model.member1.safetensors")).unwrap();
+    let out = alexnet(&["eval", "--model", r, "--data", d], tmp.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("model.member1.safetensors: missing"), "{stderr}");
+    let out = train("0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--ensemble") && stderr.contains("from 1 to 16"), "{stderr}");
+
+    // The experiment's table of the first k members, paired fold by fold, and its plot.
+    let exp = tmp.path().join("exp");
+    let mut args = vec!["experiment", "--out", exp.to_str().unwrap(), "--policies", "fc6", "--folds", "2", "--steps", "2", "--eval-every", "1"];
+    args.extend(["--speedup-policy", "none", "--ensemble", "2"]);
+    args.extend(common);
+    let out = alexnet(&args, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
+    assert!(md.contains("Ensembles of the first k members · alexnet fc6 (2 runs"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| 2 | ")), "{md}");
+    for f in ["ensemble.png", "ensemble.svg", "accuracy_vs_step.png"] {
+        assert!(exp.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+}

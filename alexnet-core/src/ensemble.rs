@@ -128,13 +128,7 @@ pub fn log_mean_softmax(logits: &[HostTensor]) -> Result<HostTensor> {
     for i in 0..n {
         let mut acc = vec![0f64; k];
         for l in logits {
-            let row = l.row(i);
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
-            let exp: Vec<f64> = row.iter().map(|v| (*v as f64 - max).exp()).collect();
-            let sum: f64 = exp.iter().sum();
-            for (a, e) in acc.iter_mut().zip(exp) {
-                *a += e / sum;
-            }
+            crate::train::add_softmax(&mut acc, l.row(i));
         }
         for (o, a) in out[i * k..(i + 1) * k].iter_mut().zip(acc) {
             // A probability that underflowed stays the smallest, not −∞ (keeps later sums finite).

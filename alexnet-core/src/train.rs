@@ -244,19 +244,23 @@ pub fn mean_softmax(logits: &HostTensor, n: usize) -> HostTensor {
     for s in 0..samples {
         let mut acc = vec![0f64; k];
         for r in s * n..(s + 1) * n {
-            let row = logits.row(r);
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
-            let exp: Vec<f64> = row.iter().map(|v| (*v as f64 - max).exp()).collect();
-            let sum: f64 = exp.iter().sum();
-            for (a, e) in acc.iter_mut().zip(exp) {
-                *a += e / sum;
-            }
+            add_softmax(&mut acc, logits.row(r));
         }
         for (o, a) in out[s * k..(s + 1) * k].iter_mut().zip(acc) {
             *o = (a / n as f64) as f32;
         }
     }
     HostTensor::new(vec![samples, k], out).expect("consistent shape")
+}
+
+/// Adds the softmax of one row of logits, computed in f64 (max-shifted), to `acc`.
+pub(crate) fn add_softmax(acc: &mut [f64], row: &[f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
+    let exp: Vec<f64> = row.iter().map(|v| (*v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    for (a, e) in acc.iter_mut().zip(exp) {
+        *a += e / sum;
+    }
 }
 
 /// Evaluates `model` (eval mode) on `inputs`: the centre crop, or with test-time augmentation

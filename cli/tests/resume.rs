@@ -1,6 +1,6 @@
 //! Training survives a kill: `alexnet train` is SIGKILLed once during feature extraction and once
 //! during training, rerun with the same command each time, and ends with a model bit-identical
-//! to an uninterrupted run's.
+//! to an uninterrupted run's; an ensemble killed in its second member resumes both members.
 
 use alexnet_core::conformance::{flower_subset, pretrained_weights};
 use std::path::{Path, PathBuf};
@@ -120,4 +120,46 @@ fn a_checkpoint_of_other_settings_is_refused_naming_the_difference() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && stderr.contains("discarded the checkpoint"), "{stderr}");
     assert!(out.join("model.safetensors").exists() && !ckpt.exists());
+}
+
+/// An ensemble killed while its second member trains continues from both members' checkpoints
+/// (the first one's finished, the second one's last) to the same members an uninterrupted run
+/// saves, bit for bit.
+#[test]
+fn an_ensemble_killed_in_its_second_member_resumes_to_the_same_members() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run { data: flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6), weights: pretrained_weights(), home: tmp.path().to_path_buf() };
+    let (a, b, cache) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("cache"));
+    let ensemble = |out: &Path| {
+        let mut c = run.command(out, &cache);
+        c.args(["--ensemble", "2"]);
+        c
+    };
+    let o = ensemble(&a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Member 1 checkpoints beside member 0's, whose checkpoint is then at its last step.
+    let second = b.join("checkpoint.member1.safetensors");
+    kill_when(ensemble(&b).spawn().unwrap(), "the second member's first checkpoint", || second.exists());
+    assert!(!b.join("model.safetensors").exists(), "the kill came after the run had finished");
+    let o = ensemble(&b).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from step 12 of 12") && stderr.matches("resuming from step").count() == 2, "{stderr}");
+    for f in ["checkpoint.safetensors", "checkpoint.member1.safetensors"] {
+        assert!(!b.join(f).exists(), "the completed run removed {f}");
+    }
+    for f in ["model.safetensors", "model.member1.safetensors"] {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs from the uninterrupted run's");
+    }
+    let report = |d: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap() };
+    // Everything but the timings (train_seconds along the members' curves).
+    let scores = |d: &Path| -> serde_json::Value {
+        let mut r = report(d);
+        for m in r["members"].as_array_mut().unwrap() {
+            m["curve"].as_array_mut().unwrap().iter_mut().for_each(|p| p["train_seconds"] = serde_json::Value::Null);
+        }
+        serde_json::json!([r["members"], r["val"], r["test"]])
+    };
+    assert_eq!(scores(&a), scores(&b));
 }

@@ -537,7 +537,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
             None => member_model(&p.weights, p.backbone.as_ref(), backend, cfg, m)?,
         };
         if !single {
-            obs.message(&format!("ensemble member {} of {members} (seeds +{offset})", m + 1));
+            obs.message(&format!("ensemble member {m} ({} of {members}; seeds +{offset})", m + 1));
         }
         let resume = match &resume_from[m as usize] {
             Some(path) => {
@@ -586,11 +586,9 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         {
             let r = reports.last().expect("just pushed");
             obs.message(&format!(
-                "member {}: val {:.2}%, test {:.2}% alone; ensemble of {}: val {:.2}%, test {:.2}%",
-                m + 1,
+                "member {m}: val {:.2}%, test {:.2}% alone; members 0–{m} together: val {:.2}%, test {:.2}%",
                 100.0 * r.val_accuracy,
                 100.0 * r.test_accuracy,
-                m + 1,
                 100.0 * r.ensemble_val_accuracy,
                 100.0 * r.ensemble_test_accuracy
             ));

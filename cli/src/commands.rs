@@ -165,12 +165,12 @@ fn print_summary(r: &RunReport) {
     }
     for m in &r.members {
         println!(
-            "{:<28} best step {}, val {:.2}%, test {:.2}% (ensemble of {}: val {:.2}%, test {:.2}%)",
-            format!("member {} (seeds +{})", m.member + 1, m.seed_offset),
+            "{:<28} best step {}, val {:.2}%, test {:.2}% (members 0–{} together: val {:.2}%, test {:.2}%)",
+            format!("member {} (seeds +{})", m.member, m.seed_offset),
             m.best_step,
             100.0 * m.val_accuracy,
             100.0 * m.test_accuracy,
-            m.member + 1,
+            m.member,
             100.0 * m.ensemble_val_accuracy,
             100.0 * m.ensemble_test_accuracy
         );

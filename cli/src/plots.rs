@@ -145,10 +145,10 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
     // An ensemble: each member's validation curve (test is scored once, on the finished members).
     if !report.members.is_empty() {
         acc.truncate(1);
-        acc[0].name = "train (running), member 1".into();
+        acc[0].name = "train (running), member 0".into();
         for m in &report.members {
             let val = m.curve.iter().filter_map(|p| p.val_accuracy.map(|v| (p.step as f64, v))).collect();
-            acc.push(Series::line(format!("validation, member {}", m.member + 1), val));
+            acc.push(Series::line(format!("validation, member {}", m.member), val));
         }
     }
     let loss = [Series::line("train loss", pts(&|p| Some(p.train_loss as f64)))];
@@ -170,8 +170,8 @@ pub fn ensemble_series(runs: &[&RunReport], prefix: &str) -> Vec<Series> {
     let picks: [(&str, Pick); 4] = [
         ("validation, ensemble of the first k", |m| m.ensemble_val_accuracy),
         ("test, ensemble of the first k", |m| m.ensemble_test_accuracy),
-        ("validation, member k alone", |m| m.val_accuracy),
-        ("test, member k alone", |m| m.test_accuracy),
+        ("validation, the k-th member alone", |m| m.val_accuracy),
+        ("test, the k-th member alone", |m| m.test_accuracy),
     ];
     let k = runs.iter().map(|r| r.members.len()).min().unwrap_or(0);
     let n = runs.len() as f64;

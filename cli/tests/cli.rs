@@ -336,7 +336,7 @@ fn ensembles_train_evaluate_and_compare() {
     let out = train("3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("ensemble member 3 of 3"), "{stderr}");
+    assert!(stderr.contains("ensemble member 2 (3 of 3; seeds +2000)"), "{stderr}");
     for f in ["model.safetensors", "model.member1.safetensors", "model.member2.safetensors", "ensemble.png", "ensemble.svg"] {
         assert!(run.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }

@@ -462,44 +462,54 @@ impl ExperimentReport {
     }
 
     /// For each setting trained as an ensemble: the accuracy of the ensemble of its first k
-    /// members, k = 1 … N, over its runs, and the paired difference to k = 1 (the single model
-    /// each run's member 0 is), in validation and test.
+    /// members, k = 1 … N, over its runs, paired run by run with two baselines: member 0 alone
+    /// (the single model of the run's own seeds) and the mean of the same k members alone (what
+    /// one of them is worth on average, so a lucky or unlucky member 0 does not decide).
     fn ensemble_tables(&self, s: &mut String) {
-        let yes_no = |d: &Spread| if d.excludes_zero() { "yes" } else { "no" };
+        use crate::ensemble::MemberReport;
+        type Acc = fn(&MemberReport) -> f64;
         let groups = self.groups();
         let several = groups.iter().any(|g| g.backend != groups[0].backend);
+        // A paired difference in points with its 95% interval, marked when it excludes zero.
+        let cell = |d: &Spread| {
+            let mark = if d.excludes_zero() { ", **significant**" } else { "" };
+            format!("{:+.2} ({:+.2} to {:+.2}){mark}", 100.0 * d.mean, 100.0 * d.ci95.0, 100.0 * d.ci95.1)
+        };
         for g in groups.iter().filter(|g| g.runs.iter().all(|r| !r.members.is_empty())) {
             let k = g.runs.iter().map(|r| r.members.len()).min().unwrap_or(0);
-            let _ = writeln!(s, "\nEnsembles of the first k members · {} ({} runs; k = 1 is member 0 alone):\n", g.label(several), g.runs.len());
             let _ = writeln!(
                 s,
-                "| members | val mean (95% interval) | test mean (95% interval) | val vs 1 member | test vs 1 member | significant: val, test |"
+                "\nEnsembles of the first k members · {} ({} runs; k = 1 is member 0 alone; points of accuracy, paired run by run, 95% interval):\n",
+                g.label(several),
+                g.runs.len()
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "| k | val mean (95% interval) | test mean (95% interval) | val vs member 0 | test vs member 0 | val vs the k members alone | test vs the k members alone |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
             let interval = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
-            let diff = |sp: &Spread| {
-                if sp.n > 1 { format!("{:+.2} ({:+.2} to {:+.2})", 100.0 * sp.mean, 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() }
-            };
             for i in 0..k {
-                let of = |f: fn(&crate::ensemble::MemberReport) -> f64| -> Vec<f64> { g.runs.iter().map(|r| f(&r.members[i])).collect() };
-                let (val, test) = (of(|m| m.ensemble_val_accuracy), of(|m| m.ensemble_test_accuracy));
-                let paired = |now: &[f64], f: fn(&crate::ensemble::MemberReport) -> f64| {
-                    let diffs: Vec<f64> = now.iter().zip(g.runs.iter()).map(|(v, r)| v - f(&r.members[0])).collect();
-                    Spread::of(&diffs).expect("a run")
-                };
-                let (sv, st) = (Spread::of(&val).expect("a run"), Spread::of(&test).expect("a run"));
-                let (dv, dt) = (paired(&val, |m| m.ensemble_val_accuracy), paired(&test, |m| m.ensemble_test_accuracy));
+                // Per run: the ensemble of members 0..=i, member 0 alone, and members 0..=i alone on average.
+                let spread = |f: &dyn Fn(&RunReport) -> f64| Spread::of(&g.runs.iter().map(|r| f(r)).collect::<Vec<_>>()).expect("a run");
+                let together = |r: &RunReport, e: Acc| e(&r.members[i]);
+                let alone = |r: &RunReport, a: Acc| r.members[..=i].iter().map(a).sum::<f64>() / (i + 1) as f64;
+                let (ev, et): (Acc, Acc) = (|m| m.ensemble_val_accuracy, |m| m.ensemble_test_accuracy);
+                let (av, at): (Acc, Acc) = (|m| m.val_accuracy, |m| m.test_accuracy);
+                let (sv, st) = (spread(&|r| together(r, ev)), spread(&|r| together(r, et)));
+                let vs = |d: Spread| if i == 0 || d.n < 2 { "–".to_string() } else { cell(&d) };
                 let _ = writeln!(
                     s,
-                    "| {} | {:.2}% ({}) | {:.2}% ({}) | {} | {} | {} |",
+                    "| {} | {:.2}% ({}) | {:.2}% ({}) | {} | {} | {} | {} |",
                     i + 1,
                     100.0 * sv.mean,
                     interval(&sv),
                     100.0 * st.mean,
                     interval(&st),
-                    if i == 0 { "–".into() } else { diff(&dv) },
-                    if i == 0 { "–".into() } else { diff(&dt) },
-                    if i == 0 || dt.n < 2 { "–".into() } else { format!("{}, {}", yes_no(&dv), yes_no(&dt)) }
+                    vs(spread(&|r| together(r, ev) - av(&r.members[0]))),
+                    vs(spread(&|r| together(r, et) - at(&r.members[0]))),
+                    vs(spread(&|r| together(r, ev) - alone(r, av))),
+                    vs(spread(&|r| together(r, et) - alone(r, at))),
                 );
             }
         }

@@ -392,7 +392,10 @@ fn ensembles_train_evaluate_and_compare() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
     assert!(md.contains("Ensembles of the first k members · alexnet fc6 (2 runs"), "{md}");
-    assert!(md.lines().any(|l| l.starts_with("| 2 | ")), "{md}");
+    assert!(md.contains("| test vs member 0 |") && md.contains("| test vs the k members alone |"), "{md}");
+    // k = 2 is compared with both baselines, k = 1 (member 0 itself) with neither.
+    assert!(md.lines().any(|l| l.starts_with("| 2 | ") && l.matches(" to ").count() == 4), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| 1 | ") && l.ends_with("| – | – | – | – |")), "{md}");
     for f in ["ensemble.png", "ensemble.svg", "accuracy_vs_step.png"] {
         assert!(exp.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }

@@ -19,6 +19,31 @@ pub const MAX_MEMBERS: u32 = 16;
 /// of one repeat trains with another repeat's seeds.
 pub const MEMBER_SEED_STRIDE: u64 = 1000;
 
+/// One member: a single model, the default (`#[serde(default = ...)]` of a member count).
+pub fn one_member() -> u32 {
+    1
+}
+
+/// A single model: member counts of 1 are left out of JSON, so files from before ensembles
+/// existed still match (`#[serde(skip_serializing_if = ...)]`).
+pub fn is_one_member(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The file of ensemble member `m` given member 0's `path`: `path` itself for member 0, else
+/// `member{m}` before the extension (`model.safetensors` → `model.member1.safetensors`).
+pub fn member_file(path: &std::path::Path, m: u32) -> std::path::PathBuf {
+    if m == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.member{m}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.member{m}"),
+    };
+    path.with_file_name(name)
+}
+
 /// The seed offset of member `m`.
 pub fn member_seed_offset(m: u32) -> u64 {
     u64::from(m) * MEMBER_SEED_STRIDE
@@ -262,5 +287,14 @@ mod tests {
         assert!(s.add(&HostTensor::new(vec![1, 2], vec![0.5, 0.5]).unwrap()).is_err());
         assert_eq!(member_seed_offset(0), 0);
         assert_eq!(member_seed_offset(2), 2 * MEMBER_SEED_STRIDE);
+    }
+
+    #[test]
+    fn member_files_sit_beside_member_0s() {
+        let p = std::path::Path::new("run/checkpoint.safetensors");
+        assert_eq!(member_file(p, 0), p);
+        assert_eq!(member_file(p, 3), std::path::Path::new("run/checkpoint.member3.safetensors"));
+        assert_eq!(member_file(std::path::Path::new("run/model.safetensors"), 1), std::path::Path::new("run/model.member1.safetensors"));
+        assert_eq!(member_file(std::path::Path::new("ckpt"), 1), std::path::Path::new("ckpt.member1"));
     }
 }

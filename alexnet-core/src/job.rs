@@ -91,16 +91,8 @@ pub struct JobConfig {
     /// Members of the ensemble trained ([`crate::ensemble`]): each with its own seeds on the
     /// same cached features, their softmax averaged. 1 (a single model, left out of the JSON so
     /// configurations from before it existed still match) is the default.
-    #[serde(default = "one_member", skip_serializing_if = "is_one_member")]
+    #[serde(default = "crate::ensemble::one_member", skip_serializing_if = "crate::ensemble::is_one_member")]
     pub ensemble: u32,
-}
-
-fn one_member() -> u32 {
-    1
-}
-
-fn is_one_member(n: &u32) -> bool {
-    *n == 1
 }
 
 impl JobConfig {
@@ -241,20 +233,6 @@ fn member_model(
         None => head,
     };
     Ok((weights, model))
-}
-
-/// Where ensemble member `m` keeps its training checkpoint, given member 0's `path`
-/// (`checkpoint.safetensors` → `checkpoint.member1.safetensors`).
-pub fn member_checkpoint(path: &std::path::Path, m: u32) -> PathBuf {
-    if m == 0 {
-        return path.to_path_buf();
-    }
-    let stem = path.file_stem().map_or_else(|| "checkpoint".into(), |s| s.to_string_lossy().into_owned());
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.member{m}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.member{m}"),
-    };
-    path.with_file_name(name)
 }
 
 /// Scans and splits the data, loads the weights, builds the model and fills the feature cache.
@@ -499,7 +477,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
     // A checkpoint of other settings is refused before any work, naming what differs.
     let config = cfg.config_json()?;
     let members = cfg.ensemble;
-    let checkpoints: Vec<Option<PathBuf>> = (0..members).map(|m| cfg.checkpoint.as_ref().map(|p| member_checkpoint(p, m))).collect();
+    let checkpoints: Vec<Option<PathBuf>> = (0..members).map(|m| cfg.checkpoint.as_ref().map(|p| crate::ensemble::member_file(p, m))).collect();
     let mut resume_from = vec![];
     for path in &checkpoints {
         resume_from.push(match path {
@@ -732,13 +710,5 @@ mod tests {
         let e = run(&NoBackend, &ok, &Silent).err().unwrap().to_string();
         assert!(e.contains("no-such-data") && e.contains("does not exist"), "{e}");
         assert!(!ok.cache.root.exists());
-    }
-
-    #[test]
-    fn members_keep_their_checkpoints_beside_member_0s() {
-        let p = std::path::Path::new("run/checkpoint.safetensors");
-        assert_eq!(member_checkpoint(p, 0), p);
-        assert_eq!(member_checkpoint(p, 3), std::path::Path::new("run/checkpoint.member3.safetensors"));
-        assert_eq!(member_checkpoint(std::path::Path::new("ckpt"), 1), std::path::Path::new("ckpt.member1"));
     }
 }

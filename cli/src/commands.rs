@@ -89,7 +89,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     let checkpoint = out.join(rundir::CHECKPOINT);
     // Every member's checkpoint an ensemble (of any size) may have left.
     let checkpoints: Vec<PathBuf> =
-        (0..=alexnet_core::ensemble::MAX_MEMBERS).map(|m| alexnet_core::job::member_checkpoint(&checkpoint, m)).filter(|p| p.exists()).collect();
+        (0..=alexnet_core::ensemble::MAX_MEMBERS).map(|m| alexnet_core::ensemble::member_file(&checkpoint, m)).filter(|p| p.exists()).collect();
     if !checkpoints.is_empty() {
         if args.restart {
             for c in &checkpoints {
@@ -125,7 +125,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     }
     // The model and report are safely written: the run is complete.
     for m in 0..=alexnet_core::ensemble::MAX_MEMBERS {
-        let c = alexnet_core::job::member_checkpoint(&checkpoint, m);
+        let c = alexnet_core::ensemble::member_file(&checkpoint, m);
         match std::fs::remove_file(&c) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| c.display().to_string()),
             _ => {}

@@ -28,21 +28,13 @@ pub struct ModelInfo {
     pub tta: alexnet_core::data::Tta,
     /// Ensemble members (`train --ensemble N`): member 0 in `model.safetensors`, member m in
     /// `model.member{m}.safetensors`; their softmax is averaged.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(default = "alexnet_core::ensemble::one_member", skip_serializing_if = "alexnet_core::ensemble::is_one_member")]
     pub ensemble: u32,
 }
 
-fn one() -> u32 {
-    1
-}
-
-fn is_one(n: &u32) -> bool {
-    *n == 1
-}
-
-/// The weights file of ensemble member `m` (member 0: [`WEIGHTS`]).
-pub fn member_weights(m: u32) -> String {
-    if m == 0 { WEIGHTS.to_string() } else { format!("model.member{m}.safetensors") }
+/// The weights file of ensemble member `m` in the run folder `dir` (member 0: [`WEIGHTS`]).
+pub fn member_weights(dir: &Path, m: u32) -> PathBuf {
+    alexnet_core::ensemble::member_file(&dir.join(WEIGHTS), m)
 }
 
 /// Model file names inside a run folder.
@@ -122,7 +114,7 @@ impl RunDir {
             bail!("{}: {msg}", info_path.display());
         }
         for m in 0..info.ensemble {
-            let weights = dir.join(member_weights(m));
+            let weights = member_weights(&dir, m);
             if !weights.is_file() {
                 let what = if info.ensemble == 1 { "no trained weights".to_string() } else { format!("{} ensemble members", info.ensemble) };
                 bail!("{}: missing; the run folder has {INFO} with {what}", weights.display());
@@ -143,7 +135,7 @@ impl RunDir {
 
     /// Loads member `m`'s weights and checks they are the network `model.json` describes.
     pub fn member(&self, m: u32) -> Result<WeightSet> {
-        let path = self.dir.join(member_weights(m));
+        let path = member_weights(&self.dir, m);
         let w = WeightSet::load_checkpoint(&path)?;
         let (spec, info) = (w.spec(), &self.info);
         if spec.num_classes != info.classes.len() {
@@ -170,12 +162,12 @@ pub fn save(dir: &Path, members: &[WeightSet], info: &ModelInfo) -> Result<Vec<P
     }
     let mut written = vec![];
     for (m, w) in members.iter().enumerate() {
-        let path = dir.join(member_weights(m as u32));
+        let path = member_weights(dir, m as u32);
         w.save(&path)?;
         written.push(path);
     }
     for m in info.ensemble..=alexnet_core::ensemble::MAX_MEMBERS {
-        let stale = dir.join(member_weights(m));
+        let stale = member_weights(dir, m);
         match std::fs::remove_file(&stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| stale.display().to_string()),
             _ => {}

@@ -31,6 +31,10 @@ pub struct Progress {
     /// Validation accuracy of the best point so far (`None` without a validation set).
     pub best_score: Option<f64>,
     pub best_step: usize,
+    /// Validation probabilities at each evaluation point so far (stored as the tensor
+    /// `val_probs`, `[points, samples, classes]`, not in the JSON).
+    #[serde(skip)]
+    pub val_probs: Vec<crate::HostTensor>,
 }
 
 /// A checkpoint read back: loop progress, current and best weights, optimiser state.
@@ -43,6 +47,10 @@ pub struct Checkpoint {
 }
 
 const KIND: &str = "alexnet-rs training checkpoint v1";
+
+/// The tensor holding [`Progress::val_probs`] (absent in checkpoints written before it existed:
+/// the resumed run then reports no cross-fitted validation accuracy).
+const VAL_PROBS: &str = "val_probs";
 
 /// Writes a checkpoint atomically. Only the `trainable` layers' weights are stored (the frozen
 /// ones come from the run's weights file); `config` (the job's configuration as JSON) is stored
@@ -68,6 +76,12 @@ pub fn save(
     }
     for (name, t) in &state.buffers {
         tensors.insert(format!("optim/{name}"), t.clone());
+    }
+    if let Some(first) = progress.val_probs.first() {
+        let mut shape = vec![progress.val_probs.len()];
+        shape.extend_from_slice(&first.shape);
+        let data = progress.val_probs.iter().flat_map(|t| t.data.iter().copied()).collect();
+        tensors.insert(VAL_PROBS.to_string(), crate::HostTensor::new(shape, data)?);
     }
     let mut meta = HashMap::new();
     meta.insert("alexnet.kind".to_string(), KIND.to_string());
@@ -127,7 +141,15 @@ pub fn load(path: &Path, base: &WeightSet, trainable: &[LayerId]) -> Result<Chec
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (mut tensors, meta) = parse(path, &bytes)?;
     let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
-    let progress: Progress = serde_json::from_str(&meta["alexnet.progress"]).map_err(|e| bad(format!("progress: {e}")))?;
+    let mut progress: Progress = serde_json::from_str(&meta["alexnet.progress"]).map_err(|e| bad(format!("progress: {e}")))?;
+    if let Some(t) = tensors.remove(VAL_PROBS) {
+        let point = t
+            .shape
+            .get(1..)
+            .filter(|s| s.len() == 2)
+            .ok_or_else(|| bad(format!("{VAL_PROBS} has shape {:?}, not [points, samples, classes]", t.shape)))?;
+        progress.val_probs = (0..t.batch()).map(|i| crate::HostTensor::new(point.to_vec(), t.row(i).to_vec())).collect::<Result<_>>()?;
+    }
     let steps = meta["alexnet.optimizer_steps"].parse().map_err(|e| bad(format!("optimizer steps: {e}")))?;
     let dropout_position = meta["alexnet.dropout_position"].parse().map_err(|e| bad(format!("dropout position: {e}")))?;
     let best_is_current = progress.best_step == progress.step;
@@ -205,6 +227,8 @@ mod tests {
             curve: vec![],
             best_score: Some(0.75),
             best_step,
+            // Two evaluation points' validation probabilities (2 samples, 3 classes).
+            val_probs: (0..2).map(|i| HostTensor::new(vec![2, 3], (0..6).map(|j| (i * 6 + j) as f32 / 16.0).collect()).unwrap()).collect(),
         }
     }
 

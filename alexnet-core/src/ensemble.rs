@@ -66,6 +66,12 @@ pub struct MemberReport {
     /// Members 0..=member averaged.
     pub ensemble_val_accuracy: f64,
     pub ensemble_test_accuracy: f64,
+    /// The member alone, and members 0..=member averaged, on validation with the selection
+    /// bias removed ([`crate::selection::crossfit_accuracy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_crossfit: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble_val_crossfit: Option<f64>,
 }
 
 /// Per-sample class probabilities summed over members, for scoring ensembles of the first k.

@@ -333,6 +333,9 @@ pub struct Group<'a> {
     pub spread: Spread,
     /// Validation accuracy of the selected model over the runs: what settings are chosen by.
     pub val_spread: Spread,
+    /// Cross-fitted validation accuracy over the runs ([`crate::selection`]), when every run
+    /// has it.
+    pub crossfit_spread: Option<Spread>,
     /// All test images of all runs pooled: correct / total (with folds, every image once).
     pub pooled: (u64, u64),
 }
@@ -380,6 +383,7 @@ impl ExperimentReport {
                     recipe: runs[0].recipe.clone(),
                     spread: Spread::of(&acc).expect("a group has a run"),
                     val_spread: Spread::of(&val).expect("a group has a run"),
+                    crossfit_spread: runs.iter().map(|r| r.val_crossfit).collect::<Option<Vec<f64>>>().and_then(|v| Spread::of(&v)),
                     pooled,
                     runs,
                 }
@@ -404,18 +408,21 @@ impl ExperimentReport {
         };
         let pct = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
         let _ = writeln!(s, "\nAccuracy over {how} (each run's model is the one at its best validation point):\n");
-        let _ =
-            writeln!(s, "| setting | runs | val mean (95% interval) | test mean | test sd | test 95% interval of the mean | pooled test images |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| setting | runs | val mean (95% interval) | val cross-fitted (95% interval) | test mean | test sd | test 95% interval of the mean | pooled test images |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for g in &groups {
             let sp = g.spread;
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2}% ({}) | {:.2}% | {:.2} | {} | {:.2}% ({} of {}) |",
+                "| {} | {} | {:.2}% ({}) | {} | {:.2}% | {:.2} | {} | {:.2}% ({} of {}) |",
                 g.label(several),
                 sp.n,
                 100.0 * g.val_spread.mean,
                 pct(&g.val_spread),
+                g.crossfit_spread.map_or("–".into(), |c| format!("{:.2}% ({})", 100.0 * c.mean, pct(&c))),
                 100.0 * sp.mean,
                 100.0 * sp.sd,
                 pct(&sp),
@@ -427,11 +434,19 @@ impl ExperimentReport {
         let mut rows = Vec::new();
         for backend in groups.iter().map(|g| g.backend.as_str()).collect::<std::collections::BTreeSet<_>>() {
             let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
-            let best = mine.iter().max_by(|a, b| a.val_spread.mean.total_cmp(&b.val_spread.mean)).expect("a group");
+            // Chosen by the cross-fitted validation accuracy when every setting has it (free of
+            // the bias that favours settings with more or noisier evaluation points).
+            let score = |g: &Group| {
+                if mine.iter().all(|g| g.crossfit_spread.is_some()) { g.crossfit_spread.map_or(0.0, |c| c.mean) } else { g.val_spread.mean }
+            };
+            let best = mine.iter().max_by(|a, b| score(a).total_cmp(&score(b))).expect("a group");
             for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
-                let paired = |acc: fn(&RunReport) -> f64| -> Option<Spread> {
-                    let diffs: Vec<f64> =
-                        g.runs.iter().filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).map(|b| acc(r) - acc(b))).collect();
+                let paired = |acc: fn(&RunReport) -> Option<f64>| -> Option<Spread> {
+                    let diffs: Vec<f64> = g
+                        .runs
+                        .iter()
+                        .filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).and_then(|b| Some(acc(r)? - acc(b)?)))
+                        .collect();
                     Spread::of(&diffs).filter(|d| d.n > 1)
                 };
                 let cell = |d: &Spread| {
@@ -443,8 +458,11 @@ impl ExperimentReport {
                         if d.excludes_zero() { "yes" } else { "no" }
                     )
                 };
-                if let (Some(v), Some(t)) = (paired(|r| r.val.accuracy), paired(|r| r.test.accuracy)) {
-                    rows.push(format!("| {} | {} | {} | {} |", g.label(several), best.label(several), cell(&v), cell(&t)));
+                if let (Some(v), Some(t)) = (paired(|r| Some(r.val.accuracy)), paired(|r| Some(r.test.accuracy))) {
+                    // Cross-fitted only where both settings have it for every run.
+                    let c = paired(|r| r.val_crossfit).filter(|_| g.crossfit_spread.is_some() && best.crossfit_spread.is_some());
+                    let c = c.map_or("– | –".into(), |c| cell(&c));
+                    rows.push(format!("| {} | {} | {} | {c} | {} |", g.label(several), best.label(several), cell(&v), cell(&t)));
                 }
             }
         }
@@ -453,8 +471,11 @@ impl ExperimentReport {
                 s,
                 "\nPaired differences to the setting with the best mean validation accuracy (same folds and seeds; points of accuracy, 95% interval):\n"
             );
-            let _ = writeln!(s, "| setting | best on validation | val difference | significant | test difference | significant |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "| setting | best on validation | val difference | significant | cross-fitted val difference | significant | test difference | significant |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
             for r in rows {
                 let _ = writeln!(s, "{r}");
             }
@@ -483,11 +504,14 @@ impl ExperimentReport {
                 g.label(several),
                 g.runs.len()
             );
+            // Cross-fitted validation (free of the best-step choice's bias) where every run has it.
+            let crossfit = g.runs.iter().all(|r| r.members.iter().all(|m| m.val_crossfit.is_some() && m.ensemble_val_crossfit.is_some()));
             let _ = writeln!(
                 s,
-                "| k | val mean (95% interval) | test mean (95% interval) | val vs member 0 | test vs member 0 | val vs the k members alone | test vs the k members alone |"
+                "| k | val mean (95% interval) | test mean (95% interval) | val vs member 0 | test vs member 0 | val vs the k members alone | test vs the k members alone |{}",
+                if crossfit { " val cross-fitted | cross-fitted val vs the k members alone |" } else { "" }
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|{}", if crossfit { "---|---|" } else { "" });
             let interval = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
             for i in 0..k {
                 // Per run: the ensemble of members 0..=i, member 0 alone, and members 0..=i alone on average.
@@ -498,9 +522,16 @@ impl ExperimentReport {
                 let (av, at): (Acc, Acc) = (|m| m.val_accuracy, |m| m.test_accuracy);
                 let (sv, st) = (spread(&|r| together(r, ev)), spread(&|r| together(r, et)));
                 let vs = |d: Spread| if i == 0 || d.n < 2 { "–".to_string() } else { cell(&d) };
+                let extra = if crossfit {
+                    let (ec, ac): (Acc, Acc) = (|m| m.ensemble_val_crossfit.unwrap_or(0.0), |m| m.val_crossfit.unwrap_or(0.0));
+                    let sc = spread(&|r| together(r, ec));
+                    format!(" {:.2}% ({}) | {} |", 100.0 * sc.mean, interval(&sc), vs(spread(&|r| together(r, ec) - alone(r, ac))))
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {:.2}% ({}) | {:.2}% ({}) | {} | {} | {} | {} |",
+                    "| {} | {:.2}% ({}) | {:.2}% ({}) | {} | {} | {} | {} |{extra}",
                     i + 1,
                     100.0 * sv.mean,
                     interval(&sv),

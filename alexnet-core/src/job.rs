@@ -507,6 +507,11 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
     let (mut val_sum, mut test_sum) = (ProbabilitySum::new(p.val.len(), classes), ProbabilitySum::new(p.test.len(), classes));
     let (mut reports, mut outcomes) = (vec![], vec![]);
     let mut single_metrics = None;
+    let mut complete_probs = true;
+    let crossfit = |outcomes: &[&crate::train::TrainOutcome], complete: bool| {
+        let members: Vec<&[crate::HostTensor]> = outcomes.iter().map(|o| o.val_probs.as_slice()).collect();
+        complete.then(|| crate::selection::crossfit_accuracy(&members, p.val.labels())).flatten()
+    };
     let mut first = Some(p.model);
     for m in 0..members {
         let offset = crate::ensemble::member_seed_offset(m);
@@ -539,6 +544,9 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         let train_cfg = TrainConfig { seed: cfg.train.seed + offset, ..cfg.train };
         let out = train_resumable(model.as_mut(), &p.train, &p.val, test_during, classes, &train_cfg, obs, resume, save)?;
         let batch = cfg.train.batch_size;
+        // Every point kept (none missing after a resume from an older checkpoint)?
+        let complete = out.val_probs.len() == out.curve.iter().filter(|c| c.val_accuracy.is_some()).count();
+        complete_probs &= complete;
         if single {
             // A single model is scored as it always was: the arg-max of its logits (or of the
             // views' mean softmax).
@@ -554,7 +562,10 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         let (val_alone, test_alone) = (alone(&vp, p.val.labels())?, alone(&tp, p.test.labels())?);
         val_sum.add(&vp)?;
         test_sum.add(&tp)?;
+        let so_far: Vec<&crate::train::TrainOutcome> = outcomes.iter().chain([&out]).collect();
         reports.push(MemberReport {
+            val_crossfit: crossfit(&[&out], complete),
+            ensemble_val_crossfit: crossfit(&so_far, complete_probs),
             member: m,
             seed_offset: offset,
             best_step: out.best_step,
@@ -566,11 +577,14 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         });
         {
             let r = reports.last().expect("just pushed");
+            let crossfit = |c: Option<f64>| c.map_or(String::new(), |c| format!(" ({:.2}% cross-fitted)", 100.0 * c));
             obs.message(&format!(
-                "member {m}: val {:.2}%, test {:.2}% alone; members 0–{m} together: val {:.2}%, test {:.2}%",
+                "member {m}: val {:.2}%{}, test {:.2}% alone; members 0–{m} together: val {:.2}%{}, test {:.2}%",
                 100.0 * r.val_accuracy,
+                crossfit(r.val_crossfit),
                 100.0 * r.test_accuracy,
                 100.0 * r.ensemble_val_accuracy,
+                crossfit(r.ensemble_val_crossfit),
                 100.0 * r.ensemble_test_accuracy
             ));
         }
@@ -617,6 +631,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         curve: out.curve.clone(),
         best_step: out.best_step,
         val,
+        val_crossfit: crossfit(&outcomes.iter().collect::<Vec<_>>(), complete_probs),
         test,
         fold: cfg.split.fold,
         repeat: 0,

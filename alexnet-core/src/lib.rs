@@ -31,6 +31,7 @@ pub mod paths;
 #[cfg(any(test, feature = "conformance"))]
 pub mod reference;
 pub mod report;
+pub mod selection;
 pub mod tensor;
 pub mod torchscript;
 pub mod train;

@@ -105,6 +105,12 @@ pub struct RunReport {
     /// Step whose validation accuracy was best; its weights are the saved model.
     pub best_step: usize,
     pub val: EvalMetrics,
+    /// Validation accuracy with the selection bias removed ([`crate::selection`]): each model's
+    /// step chosen on one half of the validation set and scored on the other, both ways. `val`
+    /// scores the chosen step on the set that chose it, which overstates it. `None` without a
+    /// validation set, or for runs resumed from checkpoints that lack the earlier points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_crossfit: Option<f64>,
     pub test: EvalMetrics,
     /// The cross-validation fold that was the test part (`experiment --folds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

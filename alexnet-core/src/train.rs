@@ -266,30 +266,38 @@ pub(crate) fn add_softmax(acc: &mut [f64], row: &[f32]) {
 /// Evaluates `model` (eval mode) on `inputs`: the centre crop, or with test-time augmentation
 /// the average softmax over `inputs.tta()`'s views.
 pub fn evaluate(model: &mut dyn Model, inputs: &Inputs, classes: usize, batch: usize) -> Result<EvalMetrics> {
-    let mut conf = Confusion::new(classes);
-    let n = inputs.tta().len();
-    for b in inputs.eval_batches(batch) {
-        let (x, labels) = b?;
-        let logits = model.logits(&x, inputs.stage())?;
-        let scores = if n == 1 { logits } else { mean_softmax(&logits, n) };
-        conf.add(&labels, &argmax_rows(&scores));
-    }
-    Ok(conf.into())
+    Ok(evaluate_with_probabilities(model, inputs, classes, batch)?.0)
 }
 
 /// The class probabilities `model` (eval mode) gives each sample of `inputs` (`[samples,
 /// classes]`): the softmax of the centre crop, or its average over `inputs.tta()`'s views.
 pub fn probabilities(model: &mut dyn Model, inputs: &Inputs, batch: usize) -> Result<HostTensor> {
+    Ok(eval_pass(model, inputs, None, batch)?.1)
+}
+
+/// [`evaluate`] and [`probabilities`] in one pass over `inputs`.
+pub fn evaluate_with_probabilities(model: &mut dyn Model, inputs: &Inputs, classes: usize, batch: usize) -> Result<(EvalMetrics, HostTensor)> {
+    let (conf, probs) = eval_pass(model, inputs, Some(Confusion::new(classes)), batch)?;
+    Ok((conf.expect("given").into(), probs))
+}
+
+/// Runs `inputs` through `model` once: the views' mean softmax per sample, and the confusion of
+/// the predictions when `conf` is given (the arg-max of the logits for the centre crop alone, of
+/// the mean softmax with test-time augmentation, as scores always were).
+fn eval_pass(model: &mut dyn Model, inputs: &Inputs, mut conf: Option<Confusion>, batch: usize) -> Result<(Option<Confusion>, HostTensor)> {
     let n = inputs.tta().len();
-    let mut rows: Vec<f32> = Vec::new();
-    let mut classes = 0;
+    let (mut rows, mut classes) = (Vec::new(), 0);
     for b in inputs.eval_batches(batch) {
-        let (x, _) = b?;
-        let p = mean_softmax(&model.logits(&x, inputs.stage())?, n);
-        classes = p.row_len();
-        rows.extend_from_slice(&p.data);
+        let (x, labels) = b?;
+        let logits = model.logits(&x, inputs.stage())?;
+        let probs = mean_softmax(&logits, n);
+        if let Some(conf) = conf.as_mut() {
+            conf.add(&labels, &argmax_rows(if n == 1 { &logits } else { &probs }));
+        }
+        classes = probs.row_len();
+        rows.extend_from_slice(&probs.data);
     }
-    HostTensor::new(vec![inputs.len(), classes], rows)
+    Ok((conf, HostTensor::new(vec![inputs.len(), classes], rows)?))
 }
 
 /// What a training run produced.
@@ -302,6 +310,10 @@ pub struct TrainOutcome {
     pub eval_seconds: f64,
     pub samples: usize,
     pub steps: usize,
+    /// Validation probabilities at each evaluation point (`[samples, classes]`, in step order),
+    /// for [`crate::selection::crossfit_accuracy`]; empty without a validation set, and missing
+    /// points when resumed from a checkpoint written before they were kept.
+    pub val_probs: Vec<HostTensor>,
 }
 
 /// Trains `model` on `train`, evaluating on `val` (model selection) and `test` (reported only,
@@ -364,6 +376,7 @@ pub fn train_resumable(
         curve: vec![],
         best_score: None,
         best_step: 0,
+        val_probs: vec![],
     };
     let mut best: Option<WeightSet> = None;
     let mut resuming = false;
@@ -418,7 +431,13 @@ pub fn train_resumable(
             if due {
                 p.train_seconds += t0.elapsed().as_secs_f64();
                 let te = Instant::now();
-                let v = if val.is_empty() { None } else { Some(evaluate(model, val, classes, cfg.batch_size)?.accuracy) };
+                let v = if val.is_empty() {
+                    None
+                } else {
+                    let (metrics, probs) = evaluate_with_probabilities(model, val, classes, cfg.batch_size)?;
+                    p.val_probs.push(probs);
+                    Some(metrics.accuracy)
+                };
                 let t = if test.is_empty() { None } else { Some(evaluate(model, test, classes, cfg.batch_size)?.accuracy) };
                 let point = CurvePoint {
                     step: p.step,
@@ -478,6 +497,7 @@ pub fn train_resumable(
         eval_seconds: p.eval_seconds,
         samples: p.samples,
         steps: p.step,
+        val_probs: p.val_probs,
     })
 }
 

@@ -51,6 +51,10 @@ fn trains_reuses_and_invalidates_the_cache() {
     let last = r1.curve.last().unwrap().train_loss;
     assert!(last < 0.7 * first, "loss did not fall: {first} → {last}");
     assert!(r1.curve.iter().any(|p| p.train_accuracy > 0.8), "{:?}", r1.curve);
+    // Choosing on one half and scoring on the other never beats scoring the choice on the set
+    // that made it (selection::crossfit_accuracy's bound).
+    let crossfit = r1.val_crossfit.expect("every evaluation point's validation probabilities were kept");
+    assert!(crossfit <= r1.val.accuracy, "cross-fitted {crossfit} above the chosen step's {}", r1.val.accuracy);
 
     // Second run: everything from the cache, same result.
     let (r2, _) = run(&backend, &cfg, &Silent).unwrap();

@@ -175,7 +175,15 @@ fn print_summary(r: &RunReport) {
             100.0 * m.ensemble_test_accuracy
         );
     }
-    println!("{:<28} {:.2}%", "validation accuracy", 100.0 * r.val.accuracy);
+    match r.val_crossfit {
+        Some(c) => println!(
+            "{:<28} {:.2}% at the chosen step(s); {:.2}% with each step chosen on the other half of validation (free of the choice's upward bias)",
+            "validation accuracy",
+            100.0 * r.val.accuracy,
+            100.0 * c
+        ),
+        None => println!("{:<28} {:.2}%", "validation accuracy", 100.0 * r.val.accuracy),
+    }
     let (lo, hi) = r.test.interval95();
     println!(
         "{:<28} {:.2}% (95% interval {:.1}–{:.1}%, {} images)",

@@ -353,6 +353,8 @@ fn ensembles_train_evaluate_and_compare() {
     assert_eq!(last["ensemble_test_accuracy"], report["test"]["accuracy"]);
     assert_eq!(last["ensemble_val_accuracy"], report["val"]["accuracy"]);
     assert_eq!(members[0]["ensemble_test_accuracy"], members[0]["test_accuracy"]);
+    assert_eq!(members[0]["ensemble_val_crossfit"], members[0]["val_crossfit"]);
+    assert!(members[0]["val_crossfit"].is_f64() && last["ensemble_val_crossfit"] == report["val_crossfit"], "{report}");
     // Members are chosen on validation alone: no test score along their curves.
     assert!(report["curve"].as_array().unwrap().iter().all(|p| p["test_accuracy"].is_null()));
 
@@ -393,9 +395,11 @@ fn ensembles_train_evaluate_and_compare() {
     let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
     assert!(md.contains("Ensembles of the first k members · alexnet fc6 (2 runs"), "{md}");
     assert!(md.contains("| test vs member 0 |") && md.contains("| test vs the k members alone |"), "{md}");
-    // k = 2 is compared with both baselines, k = 1 (member 0 itself) with neither.
-    assert!(md.lines().any(|l| l.starts_with("| 2 | ") && l.matches(" to ").count() == 4), "{md}");
-    assert!(md.lines().any(|l| l.starts_with("| 1 | ") && l.ends_with("| – | – | – | – |")), "{md}");
+    assert!(md.contains("| val cross-fitted | cross-fitted val vs the k members alone |"), "{md}");
+    // k = 2 is compared with both baselines (and on cross-fitted validation), k = 1 (member 0
+    // itself) with neither.
+    assert!(md.lines().any(|l| l.starts_with("| 2 | ") && l.matches(" to ").count() == 5), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| 1 | ") && l.contains("| – | – | – | – |") && l.ends_with("| – |")), "{md}");
     for f in ["ensemble.png", "ensemble.svg", "accuracy_vs_step.png"] {
         assert!(exp.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }

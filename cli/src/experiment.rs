@@ -245,7 +245,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     written.extend(both(
         &out.join("accuracy_vs_step"),
         (1000, 620),
-        &LineChart { title: &title, x_label: "training step", y_label: metric_name, series: &by_step, y_range },
+        &LineChart { title: &title, x_label: "training step", y_label: metric_name, series: &by_step, y_range, x_counts: false },
     )?);
     // The cache fill is part of what a run costs: each curve starts after its extraction.
     let by_time = series(&|r, p| r.timings.extract_seconds + p.train_seconds);
@@ -258,6 +258,7 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             y_label: metric_name,
             series: &by_time,
             y_range,
+            x_counts: false,
         },
     )?);
     // Ensembles: accuracy against the number of members, per setting.

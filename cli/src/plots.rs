@@ -73,6 +73,9 @@ pub struct LineChart<'a> {
     pub series: &'a [Series],
     /// Fixed y range (accuracy: 0..1); otherwise fitted.
     pub y_range: Option<(f64, f64)>,
+    /// The x values are counts (ensemble members): the axis spans the first to the last, with
+    /// whole-number ticks, instead of starting at 0.
+    pub x_counts: bool,
 }
 
 impl Figure for LineChart<'_> {
@@ -83,6 +86,12 @@ impl Figure for LineChart<'_> {
         let band_points = self.series.iter().flat_map(|s| s.band.iter().flat_map(|(x, lo, hi)| [(*x, *lo), (*x, *hi)]));
         let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).chain(band_points).collect();
         let x_max = all.iter().map(|p| p.0).fold(1e-9, f64::max);
+        let x_range = if self.x_counts {
+            let x_min = all.iter().map(|p| p.0).fold(x_max, f64::min);
+            (x_min - 0.25)..(x_max + 0.25)
+        } else {
+            0f64..x_max
+        };
         let (y_min, y_max) = self.y_range.unwrap_or_else(|| {
             let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
             let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
@@ -93,9 +102,15 @@ impl Figure for LineChart<'_> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d(0f64..x_max, y_min..y_max)
+            .build_cartesian_2d(x_range, y_min..y_max)
             .map_err(|e| anyhow!("{e}"))?;
-        chart.configure_mesh().x_desc(self.x_label).y_desc(self.y_label).label_style(("sans-serif", 13)).draw().map_err(|e| anyhow!("{e}"))?;
+        let whole = |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{x:.0}") } else { String::new() };
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(self.x_label).y_desc(self.y_label).label_style(("sans-serif", 13));
+        if self.x_counts {
+            mesh.x_labels(4 * x_max as usize + 1).x_label_formatter(&whole);
+        }
+        mesh.draw().map_err(|e| anyhow!("{e}"))?;
         for (i, s) in self.series.iter().enumerate() {
             if s.band.len() > 1 {
                 let outline: Vec<(f64, f64)> = s.band.iter().map(|b| (b.0, b.2)).chain(s.band.iter().rev().map(|b| (b.0, b.1))).collect();
@@ -157,8 +172,8 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
         base,
         (1000, 700),
         &Stacked(
-            LineChart { title: &title, x_label: "step", y_label: "accuracy", series: &acc, y_range: Some((0.0, 1.0)) },
-            LineChart { title: "training loss", x_label: "step", y_label: "cross-entropy", series: &loss, y_range: None },
+            LineChart { title: &title, x_label: "step", y_label: "accuracy", series: &acc, y_range: Some((0.0, 1.0)), x_counts: false },
+            LineChart { title: "training loss", x_label: "step", y_label: "cross-entropy", series: &loss, y_range: None, x_counts: false },
         ),
     )
 }
@@ -166,27 +181,29 @@ pub fn learning_curve(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>> {
 /// The accuracy of ensembles of the first k members against k, alone and together: the mean
 /// over `runs` (folds or repeats of one setting), shaded from the lowest to the highest run.
 pub fn ensemble_series(runs: &[&RunReport], prefix: &str) -> Vec<Series> {
-    type Pick = fn(&alexnet_core::ensemble::MemberReport) -> f64;
-    let picks: [(&str, Pick); 4] = [
-        ("validation, ensemble of the first k", |m| m.ensemble_val_accuracy),
-        ("test, ensemble of the first k", |m| m.ensemble_test_accuracy),
-        ("validation, the k-th member alone", |m| m.val_accuracy),
-        ("test, the k-th member alone", |m| m.test_accuracy),
+    type Pick = fn(&alexnet_core::ensemble::MemberReport) -> Option<f64>;
+    let picks: [(&str, Pick); 5] = [
+        ("validation, ensemble of the first k", |m| Some(m.ensemble_val_accuracy)),
+        ("validation cross-fitted, ensemble of the first k", |m| m.ensemble_val_crossfit),
+        ("test, ensemble of the first k", |m| Some(m.ensemble_test_accuracy)),
+        ("validation, the k-th member alone", |m| Some(m.val_accuracy)),
+        ("test, the k-th member alone", |m| Some(m.test_accuracy)),
     ];
     let k = runs.iter().map(|r| r.members.len()).min().unwrap_or(0);
     let n = runs.len() as f64;
     picks
         .iter()
-        .map(|(name, pick)| {
+        .filter_map(|(name, pick)| {
             let (mut points, mut band) = (vec![], vec![]);
             for i in 0..k {
-                let v: Vec<f64> = runs.iter().map(|r| pick(&r.members[i])).collect();
+                // A series is drawn only where every run has it (cross-fitted: runs since it existed).
+                let v: Vec<f64> = runs.iter().map(|r| pick(&r.members[i])).collect::<Option<_>>()?;
                 let x = (i + 1) as f64;
                 points.push((x, v.iter().sum::<f64>() / n));
                 band.push((x, v.iter().copied().fold(1.0, f64::min), v.iter().copied().fold(0.0, f64::max)));
             }
             let name = if runs.len() > 1 { format!("{prefix}{name} (mean of {}, range shaded)", runs.len()) } else { format!("{prefix}{name}") };
-            Series { name, points, band: if runs.len() > 1 { band } else { vec![] } }
+            Some(Series { name, points, band: if runs.len() > 1 { band } else { vec![] } })
         })
         .collect()
 }
@@ -202,7 +219,7 @@ pub fn ensemble_members(report: &RunReport, base: &Path) -> Result<Vec<PathBuf>>
 pub fn ensemble_chart(series: &[Series], title: &str, base: &Path) -> Result<Vec<PathBuf>> {
     let lowest = series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().map(|b| b.1))).fold(1.0f64, f64::min);
     let y_range = Some((((lowest - 0.02) * 20.0).floor().max(0.0) / 20.0, 1.0));
-    both(base, (1000, 620), &LineChart { title, x_label: "members (k)", y_label: "accuracy", series, y_range })
+    both(base, (1000, 620), &LineChart { title, x_label: "members (k)", y_label: "accuracy", series, y_range, x_counts: true })
 }
 
 /// Two figures, one above the other (60/40).

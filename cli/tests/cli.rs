@@ -388,7 +388,8 @@ fn ensembles_train_evaluate_and_compare() {
     // The experiment's table of the first k members, paired fold by fold, and its plot.
     let exp = tmp.path().join("exp");
     let mut args = vec!["experiment", "--out", exp.to_str().unwrap(), "--policies", "fc6", "--folds", "2", "--steps", "2", "--eval-every", "1"];
-    args.extend(["--speedup-policy", "none", "--ensemble", "2"]);
+    // Validation of at least 2 photos a fold, which the cross-fitted score needs (two halves).
+    args.extend(["--speedup-policy", "none", "--ensemble", "2", "--val-percent", "40"]);
     args.extend(common);
     let out = alexnet(&args, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -469,7 +469,7 @@ impl ExperimentReport {
         if !rows.is_empty() {
             let _ = writeln!(
                 s,
-                "\nPaired differences to the setting with the best mean validation accuracy (same folds and seeds; points of accuracy, 95% interval):\n"
+                "\nPaired differences to the setting with the best mean validation accuracy (cross-fitted where every setting of the backend has it; same folds and seeds; points of accuracy, 95% interval):\n"
             );
             let _ = writeln!(
                 s,

@@ -544,8 +544,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         let train_cfg = TrainConfig { seed: cfg.train.seed + offset, ..cfg.train };
         let out = train_resumable(model.as_mut(), &p.train, &p.val, test_during, classes, &train_cfg, obs, resume, save)?;
         let batch = cfg.train.batch_size;
-        // Every point kept (none missing after a resume from an older checkpoint)?
-        let complete = out.val_probs.len() == out.curve.iter().filter(|c| c.val_accuracy.is_some()).count();
+        let complete = out.val_probs_complete();
         complete_probs &= complete;
         if single {
             // A single model is scored as it always was: the arg-max of its logits (or of the
@@ -554,7 +553,12 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
             outcomes.push(out);
             break;
         }
-        let (vp, tp) = (probabilities(model.as_mut(), &p.val, batch)?, probabilities(model.as_mut(), &p.test, batch)?);
+        // Validation was scored at the best step already; test is scored once, here.
+        let vp = match out.best_val_probs() {
+            Some(vp) => vp.clone(),
+            None => probabilities(model.as_mut(), &p.val, batch)?,
+        };
+        let tp = probabilities(model.as_mut(), &p.test, batch)?;
         let alone = |probs: &crate::HostTensor, labels: &[u32]| {
             let mut one = ProbabilitySum::new(labels.len(), classes);
             one.add(probs).map(|_| one.metrics(labels).accuracy)

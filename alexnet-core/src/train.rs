@@ -316,6 +316,20 @@ pub struct TrainOutcome {
     pub val_probs: Vec<HostTensor>,
 }
 
+impl TrainOutcome {
+    /// Whether [`TrainOutcome::val_probs`] holds every evaluation point's validation
+    /// probabilities (false after a resume from a checkpoint written before they were kept).
+    pub fn val_probs_complete(&self) -> bool {
+        self.val_probs.len() == self.curve.iter().filter(|c| c.val_accuracy.is_some()).count()
+    }
+
+    /// The validation probabilities at the best step (those of the saved weights), when kept.
+    pub fn best_val_probs(&self) -> Option<&HostTensor> {
+        let at = self.curve.iter().filter(|c| c.val_accuracy.is_some()).position(|c| c.step == self.best_step)?;
+        self.val_probs_complete().then(|| &self.val_probs[at])
+    }
+}
+
 /// Trains `model` on `train`, evaluating on `val` (model selection) and `test` (reported only,
 /// never used to choose) at every evaluation point; restores the best-on-validation weights at
 /// the end.

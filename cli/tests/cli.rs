@@ -354,6 +354,11 @@ fn ensembles_train_evaluate_and_compare() {
     assert_eq!(last["ensemble_val_accuracy"], report["val"]["accuracy"]);
     assert_eq!(members[0]["ensemble_test_accuracy"], members[0]["test_accuracy"]);
     assert_eq!(members[0]["ensemble_val_crossfit"], members[0]["val_crossfit"]);
+    // Each member alone scores on validation what its curve shows at its best step.
+    for m in members {
+        let at_best = m["curve"].as_array().unwrap().iter().find(|p| p["step"] == m["best_step"]).unwrap();
+        assert_eq!(at_best["val_accuracy"], m["val_accuracy"], "{m}");
+    }
     assert!(members[0]["val_crossfit"].is_f64() && last["ensemble_val_crossfit"] == report["val_crossfit"], "{report}");
     // Members are chosen on validation alone: no test score along their curves.
     assert!(report["curve"].as_array().unwrap().iter().all(|p| p["test_accuracy"].is_null()));

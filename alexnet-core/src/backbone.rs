@@ -7,7 +7,7 @@ use crate::data::Preprocess;
 use crate::net::{Extractor, Graph};
 use crate::tensor::HostTensor;
 use crate::weights::WeightSet;
-use crate::{Error, FreezePolicy, Result};
+use crate::{Error, FreezePolicy, Result, Targets};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -178,9 +178,9 @@ impl Model for BackboneModel {
         self.backbone.extract(images)
     }
 
-    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
+    fn train_step_with(&mut self, x: &HostTensor, stage: Stage, targets: Targets<'_>, lr: f32) -> Result<StepStats> {
         let f = self.at_cut(x, stage)?;
-        self.head.train_step(&f, Stage::Cut, labels, lr)
+        self.head.train_step_with(&f, Stage::Cut, targets, lr)
     }
 
     fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor> {

@@ -2,6 +2,7 @@
 //! core (data, cache, training loop) never depends on a backend.
 
 use crate::freeze::FreezePolicy;
+use crate::mixup::Targets;
 use crate::net::{Extractor, Graph};
 use crate::tensor::HostTensor;
 use crate::weights::WeightSet;
@@ -191,7 +192,12 @@ pub trait Model: Send {
     /// cut `[N, ...]` (pool5 is flattened to 9216). With no frozen prefix, returns the input.
     fn extract(&mut self, images: &HostTensor) -> Result<HostTensor>;
     /// One optimisation step of the trainable layers on a batch entering at `stage`.
-    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats>;
+    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
+        self.train_step_with(x, stage, Targets::hard(labels), lr)
+    }
+    /// [`Model::train_step`] against `targets`: with mixup, the loss is λ·CE(labels) +
+    /// (1 − λ)·CE(partners), each label-smoothed as configured.
+    fn train_step_with(&mut self, x: &HostTensor, stage: Stage, targets: Targets<'_>, lr: f32) -> Result<StepStats>;
     /// Logits `[N, classes]` in evaluation mode (no dropout).
     fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor>;
     /// All parameters, frozen and trained, by torchvision name.

@@ -28,6 +28,7 @@ pub mod selfcheck;
 /// Silences [`note!`] (set by [`selfcheck::run`]).
 pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+use crate::Targets;
 use crate::arch::{AlexNetSpec, LayerId};
 use crate::backend::{Backend, DropoutMasks, ModelConfig, Optimizer, OptimizerConfig, Stage};
 use crate::data::{Preprocess, View};
@@ -159,11 +160,12 @@ fn fc_step_ratios(
     steps: usize,
     rule: Rule,
     restore_before: Option<usize>,
-    smoothing: Smoothing,
+    loss: [LossSetup; 2],
 ) -> Vec<(String, f64, f64)> {
     let w0 = weights();
-    let config = cfg(policy).with_optimizer(opt).with_label_smoothing(smoothing.backend);
-    let reference_config = config.with_label_smoothing(smoothing.reference);
+    let [backend_loss, reference_loss] = loss;
+    let config = cfg(policy).with_optimizer(opt).with_label_smoothing(backend_loss.smoothing);
+    let reference_config = config.with_label_smoothing(reference_loss.smoothing);
     let mut m = b.build(&w0, &config).unwrap();
     let mut reference_w = w0.clone();
     let mut masks = DropoutMasks::new(config.seed, config.dropout);
@@ -186,10 +188,13 @@ fn fc_step_ratios(
         let x = random(shape, 10 + s as u64, 1.0).data.iter().map(|v| v.max(0.0)).collect();
         let x = HostTensor::new([vec![4], cut.clone()].concat(), x).unwrap();
         let labels = [0, 3, 1, 3];
+        // A mixed batch's partners (a permutation of the batch) and weight λ ∈ [0.5, 1].
+        let mix = crate::mixup::Mix { partners: &[3, 1, 0, 3], lambda: 0.7 - 0.1 * s as f32 };
+        let targets = |setup: LossSetup| Targets { labels: &labels, mix: setup.mixup.then_some(mix) };
         let lr = 0.01;
         let prev_ref = reference_w.clone();
-        let got = m.train_step(&x, Stage::Cut, &labels, lr).unwrap();
-        let step = reference::fc_train_step(&mut reference_w, &reference_config, &mut masks, &mut state, &x, &labels, lr, rule);
+        let got = m.train_step_with(&x, Stage::Cut, targets(backend_loss), lr).unwrap();
+        let step = reference::fc_train_step(&mut reference_w, &reference_config, &mut masks, &mut state, &x, targets(reference_loss), lr, rule);
         ratios.push((
             format!("{policy} step {s}: loss"),
             worst_ratio(&[got.loss], &[step.loss], &[step.loss_bound]),
@@ -217,19 +222,20 @@ fn fc_step_ratios(
     ratios
 }
 
-/// Label smoothing of the backend's model and of the reference it is checked against.
+/// The loss of the backend's model or of the reference it is checked against: label smoothing,
+/// and whether the batch's targets are mixed (mixup).
 #[derive(Clone, Copy, Default)]
-struct Smoothing {
-    backend: f32,
-    reference: f32,
+struct LossSetup {
+    smoothing: f32,
+    mixup: bool,
 }
 
 fn check_fc_steps(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>) {
-    check_fc_steps_smoothed(b, policy, opt, steps, restore_before, 0.0)
+    check_fc_steps_with(b, policy, opt, steps, restore_before, LossSetup::default())
 }
 
-fn check_fc_steps_smoothed(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>, smoothing: f32) {
-    let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch, restore_before, Smoothing { backend: smoothing, reference: smoothing });
+fn check_fc_steps_with(b: &dyn Backend, policy: &str, opt: OptimizerConfig, steps: usize, restore_before: Option<usize>, loss: LossSetup) {
+    let ratios = fc_step_ratios(b, policy, opt, steps, Rule::Torch, restore_before, [loss, loss]);
     for (what, r, rel) in &ratios {
         record(*r, *rel);
         note!("conformance · {what}: worst |Δ|/bound {r:.3e}");
@@ -240,7 +246,7 @@ fn check_fc_steps_smoothed(b: &dyn Backend, policy: &str, opt: OptimizerConfig, 
 
 /// Shows a wrong update rule fails the same checks: some ratio exceeds 1 by a wide margin.
 fn check_rejects(b: &dyn Backend, policy: &str, opt: OptimizerConfig, rule: Rule) {
-    let worst = fc_step_ratios(b, policy, opt, 2, rule, None, Smoothing::default()).into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
+    let worst = fc_step_ratios(b, policy, opt, 2, rule, None, Default::default()).into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
     note!("conformance · {policy} against {rule:?}: worst |Δ|/bound {worst:.3e} (must fail)");
     assert!(worst > 10.0, "the bounds cannot tell {rule:?} from the backend's rule (worst ratio {worst})");
 }
@@ -265,11 +271,24 @@ pub fn sgd_steps_match_reference(b: &dyn Backend) {
 /// cross-entropy; checked against the one-hot reference instead, they fail (so a backend
 /// ignoring the setting cannot pass).
 pub fn label_smoothing_steps_match_reference(b: &dyn Backend) {
-    check_fc_steps_smoothed(b, "fc6", sgd(), 2, None, 0.1);
-    let ratios = fc_step_ratios(b, "fc6", sgd(), 2, Rule::Torch, None, Smoothing { backend: 0.1, reference: 0.0 });
+    let smoothed = LossSetup { smoothing: 0.1, mixup: false };
+    check_fc_steps_with(b, "fc6", sgd(), 2, None, smoothed);
+    let ratios = fc_step_ratios(b, "fc6", sgd(), 2, Rule::Torch, None, [smoothed, LossSetup::default()]);
     let worst = ratios.into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
     note!("conformance · smoothed backend against the one-hot reference: worst |Δ|/bound {worst:.3e} (must fail)");
     assert!(worst > 10.0, "the bounds cannot tell label smoothing 0.1 from none (worst ratio {worst})");
+}
+
+/// Two SGD steps on fc6–fc8 with mixed targets (mixup's λ·CE(labels) + (1 − λ)·CE(partners),
+/// with label smoothing 0.1 as well) match the reference; checked against the unmixed reference
+/// instead, they fail (so a backend ignoring the partners cannot pass).
+pub fn mixup_steps_match_reference(b: &dyn Backend) {
+    let mixed = LossSetup { smoothing: 0.1, mixup: true };
+    check_fc_steps_with(b, "fc6", sgd(), 2, None, mixed);
+    let ratios = fc_step_ratios(b, "fc6", sgd(), 2, Rule::Torch, None, [mixed, LossSetup { mixup: false, ..mixed }]);
+    let worst = ratios.into_iter().map(|(_, r, _)| r).fold(0f64, f64::max);
+    note!("conformance · mixed backend against the unmixed reference: worst |Δ|/bound {worst:.3e} (must fail)");
+    assert!(worst > 10.0, "the bounds cannot tell mixed targets from plain ones (worst ratio {worst})");
 }
 
 /// Two Adam steps on fc7–fc8 (cut at fc6's output) match the reference.
@@ -541,6 +560,10 @@ macro_rules! conformance_tests {
             #[test]
             fn label_smoothing_steps_match_reference() {
                 $crate::conformance::label_smoothing_steps_match_reference(&*backend());
+            }
+            #[test]
+            fn mixup_steps_match_reference() {
+                $crate::conformance::mixup_steps_match_reference(&*backend());
             }
             #[test]
             fn adam_steps_match_reference() {

@@ -8,7 +8,7 @@ use crate::freeze::FreezePolicy;
 use crate::metrics::{Confusion, EvalMetrics, argmax_rows};
 use crate::tensor::HostTensor;
 use crate::weights::WeightSet;
-use crate::{Error, Result};
+use crate::{Error, Result, Targets};
 use serde::{Deserialize, Serialize};
 
 /// The most members an ensemble may have (`--ensemble`).
@@ -178,7 +178,7 @@ impl Model for Ensemble {
         self.members[0].extract(images)
     }
 
-    fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
+    fn train_step_with(&mut self, _: &HostTensor, _: Stage, _: Targets<'_>, _: f32) -> Result<StepStats> {
         Err(Self::not_trainable("train_step"))
     }
 
@@ -230,7 +230,7 @@ mod tests {
             self.extracted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(HostTensor::new(x.shape.clone(), x.data.iter().map(|v| -v).collect()).unwrap())
         }
-        fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
+        fn train_step_with(&mut self, _: &HostTensor, _: Stage, _: Targets<'_>, _: f32) -> Result<StepStats> {
             unreachable!()
         }
         fn logits(&mut self, x: &HostTensor, stage: Stage) -> Result<HostTensor> {

@@ -25,6 +25,7 @@ pub mod job;
 mod lpips;
 pub mod lr_find;
 pub mod metrics;
+pub mod mixup;
 pub mod net;
 pub mod observer;
 pub mod paths;
@@ -41,6 +42,7 @@ pub use arch::{AlexNetSpec, LayerId};
 pub use backend::{Backend, DeviceSpec, DropoutMasks, Model, ModelConfig, Optimizer, OptimizerConfig, Stage, StepStats, TrainState};
 pub use error::{Error, Result};
 pub use freeze::FreezePolicy;
+pub use mixup::Targets;
 pub use tensor::HostTensor;
 pub use weights::{LayerSource, WeightSet};
 

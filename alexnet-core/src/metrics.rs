@@ -1,5 +1,6 @@
 //! Accuracy, per-class accuracy and the confusion matrix.
 
+use crate::Targets;
 use crate::tensor::HostTensor;
 use serde::{Deserialize, Serialize};
 
@@ -25,20 +26,19 @@ pub fn smoothed_target(j: usize, y: usize, k: usize, smoothing: f64) -> f64 {
     (1.0 - smoothing) * f64::from(j == y) + smoothing / k as f64
 }
 
-/// Mean softmax cross-entropy of `[N, C]` logits against `labels` (targets label-smoothed by
-/// `smoothing`; 0 is one-hot), and its gradient with respect to the logits
-/// (`(softmax − target) / N`, row-major). Computed in f64 for stability.
-pub fn cross_entropy(logits: &HostTensor, labels: &[u32], smoothing: f32) -> (f64, Vec<f32>) {
+/// Mean softmax cross-entropy of `[N, C]` logits against `targets` (label-smoothed by
+/// `smoothing`; 0 is one-hot; mixed when the batch was), and its gradient with respect to the
+/// logits (`(softmax − target) / N`, row-major). Computed in f64 for stability.
+pub fn cross_entropy(logits: &HostTensor, targets: Targets<'_>, smoothing: f32) -> (f64, Vec<f32>) {
     let (n, k) = (logits.batch(), logits.row_len());
     let eps = smoothing as f64;
     let mut loss = 0f64;
     let mut grad = vec![0f32; n * k];
-    for (i, &y) in labels.iter().enumerate() {
+    for i in 0..targets.len() {
         let row = logits.row(i);
         let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64;
         let lse = row.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln() + max;
-        for j in 0..k {
-            let t = smoothed_target(j, y as usize, k, eps);
+        for (j, t) in targets.row(i, k, eps).into_iter().enumerate() {
             loss += t * (lse - row[j] as f64);
             grad[i * k + j] = (((row[j] as f64 - lse).exp() - t) / n as f64) as f32;
         }
@@ -226,18 +226,26 @@ mod tests {
     #[test]
     fn cross_entropy_and_its_gradient() {
         let logits = HostTensor::new(vec![2, 2], vec![0.0, 0.0, 2.0, 0.0]).unwrap();
-        let (loss, grad) = cross_entropy(&logits, &[0, 1], 0.0);
+        let (loss, grad) = cross_entropy(&logits, Targets::hard(&[0, 1]), 0.0);
         let p = 1.0 / (1.0 + (-2f64).exp()); // softmax of the 2 in row 2
         assert!((loss - (2f64.ln() + -(1.0 - p).ln()) / 2.0).abs() < 1e-12);
         assert_eq!(grad[0], -0.25);
         assert!((grad[3] as f64 - (1.0 - p - 1.0) / 2.0).abs() < 1e-7);
         assert!((grad.iter().sum::<f32>()).abs() < 1e-7);
         // Smoothing 0.2 over 2 classes: targets 0.9 / 0.1.
-        let (smooth, grad) = cross_entropy(&logits, &[0, 1], 0.2);
+        let (smooth, grad) = cross_entropy(&logits, Targets::hard(&[0, 1]), 0.2);
         let want = (2f64.ln() - 0.9 * (1.0 - p).ln() - 0.1 * p.ln()) / 2.0;
         assert!((smooth - want).abs() < 1e-8, "{smooth} vs {want}"); // ε = 0.2f32
         assert!((grad[3] as f64 - (1.0 - p - 0.9) / 2.0).abs() < 1e-7);
         assert!((grad[0] as f64 - (0.5 - 0.9) / 2.0).abs() < 1e-7);
         assert!((grad.iter().sum::<f32>()).abs() < 1e-7);
+        // Mixed: λ·CE(labels) + (1 − λ)·CE(partners), its gradient the same combination.
+        let mix = Targets { labels: &[0, 1], mix: Some(crate::mixup::Mix { partners: &[1, 1], lambda: 0.75 }) };
+        let (mixed, mgrad) = cross_entropy(&logits, mix, 0.2);
+        let (other, ograd) = cross_entropy(&logits, Targets::hard(&[1, 1]), 0.2);
+        assert!((mixed - (0.75 * smooth + 0.25 * other)).abs() < 1e-12);
+        for ((m, g), o) in mgrad.iter().zip(&grad).zip(&ograd) {
+            assert!((m - (0.75 * g + 0.25 * o)).abs() < 1e-7);
+        }
     }
 }

@@ -24,6 +24,7 @@
 //! The conformance suite reports the worst `|backend − reference| / bound` of every check; the
 //! crate README lists them.
 
+use crate::Targets;
 use crate::arch::{AlexNetSpec, LayerKind, LayerSpec, MAXPOOL};
 use crate::backend::{DropoutMasks, ModelConfig, Optimizer};
 use crate::tensor::HostTensor;
@@ -327,7 +328,7 @@ pub fn fc_train_step(
     masks: &mut DropoutMasks,
     state: &mut BTreeMap<String, ParamState>,
     x: &HostTensor,
-    labels: &[u32],
+    targets: Targets<'_>,
     lr: f32,
     rule: Rule,
 ) -> StepBounds {
@@ -369,14 +370,16 @@ pub fn fc_train_step(
         saved.push((h, mask, z));
         h = a;
     }
-    // Softmax cross-entropy against the (label-smoothed) target and its gradient
+    // Softmax cross-entropy against the (label-smoothed, mixed) target and its gradient
     // (softmax − target)/n, with bounds.
     let k = h.value.shape[1];
     let eps = cfg.label_smoothing as f64;
+    // A target that is not one-hot carries its own rounding in f32.
+    let soft = eps > 0.0 || targets.mix.is_some();
     let (mut loss, mut loss_bound) = (0.0, 0.0);
     let mut dz = Bounded { value: Act { shape: vec![n, k], data: vec![0.0; n * k] }, bound: Act { shape: vec![n, k], data: vec![0.0; n * k] } };
     let softmax_rounding = LAMBDA * (3.0 + (k as f64).sqrt()) * U;
-    for (i, &y) in labels.iter().enumerate() {
+    for i in 0..targets.len() {
         let row = &h.value.data[i * k..(i + 1) * k];
         let err = &h.bound.data[i * k..(i + 1) * k];
         let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -384,17 +387,20 @@ pub fn fc_train_step(
         let lse = sum.ln() + max;
         let p: Vec<f64> = row.iter().map(|v| (v - max).exp() / sum).collect();
         let mean_err: f64 = p.iter().zip(err).map(|(p, e)| p * e).sum();
-        let t: Vec<f64> = (0..k).map(|j| crate::metrics::smoothed_target(j, y as usize, k, eps)).collect();
+        let t = targets.row(i, k, eps);
         // Σ t = 1, so the loss is lse − Σ t·z; an f32 target carries its own rounding.
         let tz: f64 = t.iter().zip(row).map(|(t, z)| t * z).sum();
         let t_err: f64 = t.iter().zip(err).map(|(t, e)| t * e).sum();
         let t_abs: f64 = t.iter().zip(row).map(|(t, z)| t * z.abs()).sum();
         loss += lse - tz;
-        loss_bound += mean_err + t_err + softmax_rounding * (lse.abs() + t_abs) + if eps > 0.0 { gamma(k + 1) * (lse.abs() + t_abs) } else { 0.0 };
+        loss_bound += mean_err + t_err + softmax_rounding * (lse.abs() + t_abs) + if soft { gamma(k + 1) * (lse.abs() + t_abs) } else { 0.0 };
         for j in 0..k {
             dz.value.data[i * k + j] = (p[j] - t[j]) / n as f64;
-            let t_rounding = if eps > 0.0 { U * t[j] } else { 0.0 };
-            dz.bound.data[i * k + j] = (p[j] * (err[j] + mean_err) + softmax_rounding * p[j] + U * (p[j] - t[j]).abs() + t_rounding) / n as f64;
+            let t_rounding = if soft { U * t[j] } else { 0.0 };
+            // Mixed: λ·(p − t_a) + (1 − λ)·(p − t_b), each part rounded, scaled and summed.
+            let mix_rounding = if targets.mix.is_some() { 3.0 * U * (p[j] + t[j]) } else { 0.0 };
+            dz.bound.data[i * k + j] =
+                (p[j] * (err[j] + mean_err) + softmax_rounding * p[j] + U * (p[j] - t[j]).abs() + t_rounding + mix_rounding) / n as f64;
         }
     }
     let loss = loss / n as f64;

@@ -68,11 +68,28 @@ pub struct TrainConfig {
     pub eval_every: Option<usize>,
     /// Seeds shuffling and view choice.
     pub seed: u64,
+    /// Mixup strength α (λ ~ Beta(α, α)) on the trained layers' input; 0 is off. Left out of
+    /// the JSON when off, so configurations written before it existed still match.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub mixup: f32,
+}
+
+fn is_off(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: DEFAULT_EPOCHS, max_steps: None, batch_size: 64, lr: DEFAULT_LR, schedule: LrSchedule::Cosine, eval_every: None, seed: 0 }
+        Self {
+            epochs: DEFAULT_EPOCHS,
+            max_steps: None,
+            batch_size: 64,
+            lr: DEFAULT_LR,
+            schedule: LrSchedule::Cosine,
+            eval_every: None,
+            seed: 0,
+            mixup: 0.0,
+        }
     }
 }
 
@@ -92,6 +109,9 @@ impl TrainConfig {
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("learning rate (--lr) must be a finite number > 0, got {}", self.lr));
+        }
+        if !(self.mixup.is_finite() && self.mixup >= 0.0) {
+            return bad(format!("mixup strength (--mixup) must be a finite number ≥ 0 (0: off), got {}", self.mixup));
         }
         if self.eval_every == Some(0) {
             return bad("evaluation interval (--eval-every) must be at least 1 step".into());
@@ -421,7 +441,14 @@ pub fn train_resumable(
         for b in train.batches(order, cfg.batch_size, epoch_seed, p.batch_in_epoch) {
             let (x, labels) = b?;
             let lr = cfg.schedule.lr(cfg.lr, p.step, total);
-            let s = model.train_step(&x, train.stage(), &labels, lr)?;
+            let s = if cfg.mixup > 0.0 {
+                // Drawn from the seed and step alone, so a resumed run mixes the same.
+                let m = crate::mixup::mix(&x, &labels, cfg.mixup, cfg.seed ^ (p.step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                let targets = crate::Targets { labels: &labels, mix: Some(crate::mixup::Mix { partners: &m.partners, lambda: m.lambda }) };
+                model.train_step_with(&m.x, train.stage(), targets, lr)?
+            } else {
+                model.train_step(&x, train.stage(), &labels, lr)?
+            };
             if !s.loss.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged at step {} (loss {}); lower --lr (now {}) or fine-tune less deeply",
@@ -534,7 +561,7 @@ mod tests {
         fn extract(&mut self, _: &HostTensor) -> Result<HostTensor> {
             unreachable!("extract")
         }
-        fn train_step(&mut self, _: &HostTensor, _: Stage, _: &[u32], _: f32) -> Result<StepStats> {
+        fn train_step_with(&mut self, _: &HostTensor, _: Stage, _: crate::Targets<'_>, _: f32) -> Result<StepStats> {
             unreachable!("train_step")
         }
         fn logits(&mut self, x: &HostTensor, _: Stage) -> Result<HostTensor> {
@@ -576,6 +603,8 @@ mod tests {
             (TrainConfig { lr: f32::NAN, ..ok }, "--lr"),
             (TrainConfig { lr: f32::INFINITY, ..ok }, "--lr"),
             (TrainConfig { eval_every: Some(0), ..ok }, "--eval-every"),
+            (TrainConfig { mixup: -0.2, ..ok }, "--mixup"),
+            (TrainConfig { mixup: f32::NAN, ..ok }, "--mixup"),
             (TrainConfig { schedule: LrSchedule::Step { every: 0, gamma: 0.1 }, ..ok }, "every"),
         ];
         for (cfg, flag) in cases {

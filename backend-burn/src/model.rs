@@ -6,7 +6,7 @@ use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::metrics::argmax_rows;
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage, StepStats, TrainState, WeightSet,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage, StepStats, Targets, TrainState, WeightSet,
 };
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::{conv2d, max_pool2d};
@@ -330,26 +330,19 @@ impl Model for BurnModel {
         act_to_host(self.at_cut(images, Stage::Image)?)
     }
 
-    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
+    fn train_step_with(&mut self, x: &HostTensor, stage: Stage, targets: Targets<'_>, lr: f32) -> Result<StepStats> {
         let input = self.at_cut(x, stage)?.autodiff();
         let logits = self.head(input, true)?;
         let [n, classes] = logits.dims();
-        if labels.len() != n {
-            return Err(err(format!("{} labels for a batch of {n}", labels.len())));
-        }
-        // One-hot, or label-smoothed: (1 − ε)·one-hot + ε/classes.
+        targets.check(n, classes)?;
+        // One-hot, or label-smoothed: (1 − ε)·one-hot + ε/classes; mixed: λ·that + (1 − λ)·the partner's.
         let eps = self.cfg.label_smoothing as f64;
-        let mut target = vec![0f32; n * classes];
-        for (i, &l) in labels.iter().enumerate() {
-            for j in 0..classes {
-                target[i * classes + j] = alexnet_core::metrics::smoothed_target(j, l as usize, classes, eps) as f32;
-            }
-        }
+        let target: Vec<f32> = (0..n).flat_map(|i| targets.row(i, classes, eps)).map(|t| t as f32).collect();
         let target = Tensor::<2>::from_data(TensorData::new(target, vec![n, classes]), &self.device);
         let loss = log_softmax(logits.clone(), 1).mul(target).sum().neg().div_scalar(n as f64);
         let mut grads = loss.backward();
         let host_logits = download(logits.inner())?;
-        let correct = argmax_rows(&host_logits).iter().zip(labels).filter(|(p, l)| **p == **l).count();
+        let correct = argmax_rows(&host_logits).iter().zip(targets.labels).filter(|(p, l)| **p == **l).count();
         // Dropping the graph releases its handles on the parameters, so they update in place.
         let loss = loss.inner().into_scalar::<f32>();
         self.steps += 1;

@@ -3,7 +3,9 @@
 use crate::err;
 use crate::optim::ParamState;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
-use alexnet_core::{AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats, TrainState, WeightSet};
+use alexnet_core::{
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Result, Stage, StepStats, Targets, TrainState, WeightSet,
+};
 use candle_core::{DType, Device, Tensor, Var};
 
 struct Frozen {
@@ -139,7 +141,7 @@ impl CandleModel {
     /// faster than candle's autograd on CPU; trainable conv layers, if any, use autograd, seeded
     /// with the gradient at the classifier's input. Returns the stats and (dW, db) per trainable
     /// layer, in order.
-    fn backprop(&mut self, input: Tensor, labels: &[u32]) -> Result<(StepStats, Vec<(Tensor, Tensor)>)> {
+    fn backprop(&mut self, input: Tensor, targets: Targets<'_>) -> Result<(StepStats, Vec<(Tensor, Tensor)>)> {
         let n_conv = self.trainable.iter().filter(|l| l.spec.id.is_conv()).count();
         // Trainable conv layers, recorded for autograd.
         let mut t = input;
@@ -172,9 +174,10 @@ impl CandleModel {
         // Softmax cross-entropy on the host: [N, classes] is tiny.
         let logits = to_host(&h)?;
         let (n, k) = (logits.batch(), logits.row_len());
-        let (loss, dlogits) = alexnet_core::metrics::cross_entropy(&logits, labels, self.cfg.label_smoothing);
+        targets.check(n, k)?;
+        let (loss, dlogits) = alexnet_core::metrics::cross_entropy(&logits, targets, self.cfg.label_smoothing);
         let predicted = alexnet_core::metrics::argmax_rows(&logits);
-        let correct = predicted.iter().zip(labels).filter(|(p, y)| p == y).count();
+        let correct = predicted.iter().zip(targets.labels).filter(|(p, y)| p == y).count();
         let mut dz = Tensor::from_vec(dlogits, (n, k), &self.device).map_err(err)?;
         // Backward through the fully connected layers, last to first.
         let mut grads: Vec<(Tensor, Tensor)> = Vec::new();
@@ -235,9 +238,9 @@ impl Model for CandleModel {
         to_host(&t)
     }
 
-    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
+    fn train_step_with(&mut self, x: &HostTensor, stage: Stage, targets: Targets<'_>, lr: f32) -> Result<StepStats> {
         let input = self.at_cut(x, stage)?;
-        let (stats, conv_grads) = self.backprop(input, labels)?;
+        let (stats, conv_grads) = self.backprop(input, targets)?;
         let opt = self.cfg.optimizer;
         for (i, l) in self.trainable.iter_mut().enumerate() {
             let lr = if l.spec.id.is_conv() { lr * opt.conv_lr_mult } else { lr } as f64;

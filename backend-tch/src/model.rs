@@ -3,7 +3,7 @@
 use crate::err;
 use alexnet_core::arch::{LayerKind, LayerSpec, MAXPOOL};
 use alexnet_core::{
-    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage, StepStats, TrainState, WeightSet,
+    AlexNetSpec, DropoutMasks, FreezePolicy, HostTensor, Model, ModelConfig, Optimizer, Result, Stage, StepStats, Targets, TrainState, WeightSet,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -162,24 +162,39 @@ impl Model for TchModel {
         to_host(&self.at_cut(images, Stage::Image)?)
     }
 
-    fn train_step(&mut self, x: &HostTensor, stage: Stage, labels: &[u32], lr: f32) -> Result<StepStats> {
+    fn train_step_with(&mut self, x: &HostTensor, stage: Stage, targets: Targets<'_>, lr: f32) -> Result<StepStats> {
         let input = self.at_cut(x, stage)?;
         let logits = self.head(input, true)?;
-        let targets =
-            Tensor::f_from_slice(&labels.iter().map(|l| *l as i64).collect::<Vec<_>>()).and_then(|t| t.f_to_device(self.device)).map_err(err)?;
+        let (n, k) = (logits.size()[0] as usize, logits.size()[1] as usize);
+        targets.check(n, k)?;
+        let on_device = |labels: &[u32]| {
+            Tensor::f_from_slice(&labels.iter().map(|l| *l as i64).collect::<Vec<_>>()).and_then(|t| t.f_to_device(self.device)).map_err(err)
+        };
         let log_p = logits.f_log_softmax(-1, Kind::Float).map_err(err)?;
         let eps = self.cfg.label_smoothing as f64;
-        let loss = if eps == 0.0 {
-            log_p.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)
-        } else {
-            // −Σ target·log p with target = (1 − ε)·one-hot + ε/classes, averaged over the batch.
-            log_p.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100).and_then(|nll| {
-                let uniform = log_p.f_mean_dim(-1, false, Kind::Float)?.f_mean(Kind::Float)?.f_neg()?;
-                nll.f_mul_scalar(1.0 - eps)?.f_add(&uniform.f_mul_scalar(eps)?)
-            })
+        // −Σ target·log p with target = (1 − ε)·one-hot + ε/classes, averaged over the batch.
+        let smoothed = |labels: &Tensor| {
+            let nll = log_p.f_nll_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100)?;
+            if eps == 0.0 {
+                return Ok(nll);
+            }
+            let uniform = log_p.f_mean_dim(-1, false, Kind::Float)?.f_mean(Kind::Float)?.f_neg()?;
+            nll.f_mul_scalar(1.0 - eps)?.f_add(&uniform.f_mul_scalar(eps)?)
+        };
+        let labels = on_device(targets.labels)?;
+        let loss = match targets.mix {
+            None => smoothed(&labels),
+            // Cross-entropy is linear in the target: λ·CE(labels) + (1 − λ)·CE(partners).
+            Some(m) => {
+                let partners = on_device(m.partners)?;
+                smoothed(&labels).and_then(|a| {
+                    let b = smoothed(&partners)?;
+                    a.f_mul_scalar(m.lambda as f64)?.f_add(&b.f_mul_scalar(1.0 - m.lambda as f64)?)
+                })
+            }
         }
         .map_err(err)?;
-        let correct = logits.f_argmax(1, false).and_then(|p| p.f_eq_tensor(&targets)).and_then(|e| e.f_sum(Kind::Int64)).map_err(err)?;
+        let correct = logits.f_argmax(1, false).and_then(|p| p.f_eq_tensor(&labels)).and_then(|e| e.f_sum(Kind::Int64)).map_err(err)?;
         loss.f_backward().map_err(err)?;
         self.steps += 1;
         let cfg = self.cfg;

@@ -362,6 +362,11 @@ pub struct OptimArgs {
     /// Label smoothing ε in [0, 1): the cross-entropy target is (1 − ε)·one-hot + ε/classes.
     #[arg(long, default_value_t = 0.0, value_parser = dropout, allow_negative_numbers = true)]
     pub label_smoothing: f32,
+    /// Mixup strength α ≥ 0 (0: off): each training input becomes λ·itself + (1 − λ)·another of
+    /// the batch, λ ~ Beta(α, α), and the loss the same mix of their labels'. On a cached policy
+    /// it mixes the cached features (pool5 for fc6–fc8). Typical: 0.2–0.4.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative, allow_negative_numbers = true)]
+    pub mixup: f32,
 }
 
 #[derive(Args)]
@@ -651,6 +656,7 @@ impl OptimArgs {
             },
             eval_every: cfg.train.eval_every,
             seed: cfg.model.seed,
+            mixup: self.mixup,
         };
     }
 }

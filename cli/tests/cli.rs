@@ -223,7 +223,7 @@ fn experiment_folds_and_repeats_give_spreads() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The recipe options end to end: colour jitter and label smoothing in training, test-time
+/// The recipe options end to end: colour jitter, label smoothing and mixup in training, test-time
 /// augmentation cached for validation and test, kept in model.json for `eval` and `predict`;
 /// `experiment --vary` runs one variant per value and pairs them fold by fold.
 #[test]
@@ -234,7 +234,7 @@ fn recipe_options_and_experiment_variants() {
     let w = pretrained_weights();
     let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
     let common = ["--data", d, "--weights", wp, "--batch-size", "6", "--cache-views", "2", "--color-jitter", "0.3"];
-    let mut train = vec!["train", "--out", r, "--steps", "2", "--tta", "flip", "--label-smoothing", "0.1"];
+    let mut train = vec!["train", "--out", r, "--steps", "2", "--tta", "flip", "--label-smoothing", "0.1", "--mixup", "0.4"];
     train.extend(common);
     let out = alexnet(&train, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -243,6 +243,7 @@ fn recipe_options_and_experiment_variants() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["config"]["model"]["label_smoothing"].as_f64().unwrap() as f32, 0.1);
     assert_eq!(report["config"]["augment"]["color_jitter"].as_f64().unwrap() as f32, 0.3);
+    assert_eq!(report["config"]["train"]["mixup"].as_f64().unwrap() as f32, 0.4);
     // `eval` uses the model's test-time augmentation: the same test accuracy as training reported.
     let out = alexnet(&["eval", "--model", r, "--data", d, "--split", "test", "--json"], tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -70,6 +70,7 @@ pub fn checks(backbone: Backbone) -> Vec<Check> {
             check!(logits_match_reference, "logits from images and from pool5"),
             check!(sgd_steps_match_reference, "SGD steps, fc6–fc8 (loss, updates)"),
             check!(label_smoothing_steps_match_reference, "SGD steps with label smoothing 0.1"),
+            check!(mixup_steps_match_reference, "SGD steps on mixed targets (mixup)"),
             check!(adam_steps_match_reference, "Adam steps, fc7–fc8"),
             check!(restore_resets_the_optimizer, "restoring weights resets the optimiser"),
             check!(train_state_round_trips, "optimiser state round trip, bit-identical"),

@@ -23,6 +23,8 @@ impl Run {
         c.args(["--backend", "candle", "train", "--data", &s(&self.data), "--weights", &s(&self.weights)])
             .args(["--finetune", "fc6", "--steps", "12", "--eval-every", "3", "--batch-size", "8", "--cache-views", "4"])
             .args(["--extract-batch", "8", "--cache-dir", &s(cache), "--out", &s(out)])
+            // Mixup's draws come from the seed and step, so a resumed run mixes the same.
+            .args(["--mixup", "0.4"])
             .env("ALEXNET_HOME", &self.home)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

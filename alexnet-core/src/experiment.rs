@@ -436,9 +436,8 @@ impl ExperimentReport {
             let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
             // Chosen by the cross-fitted validation accuracy when every setting has it (free of
             // the bias that favours settings with more or noisier evaluation points).
-            let score = |g: &Group| {
-                if mine.iter().all(|g| g.crossfit_spread.is_some()) { g.crossfit_spread.map_or(0.0, |c| c.mean) } else { g.val_spread.mean }
-            };
+            let crossfit = mine.iter().all(|g| g.crossfit_spread.is_some());
+            let score = |g: &Group| if crossfit { g.crossfit_spread.map_or(0.0, |c| c.mean) } else { g.val_spread.mean };
             let best = mine.iter().max_by(|a, b| score(a).total_cmp(&score(b))).expect("a group");
             for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
                 let paired = |acc: fn(&RunReport) -> Option<f64>| -> Option<Spread> {

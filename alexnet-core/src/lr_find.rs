@@ -25,11 +25,18 @@ pub struct LrFindConfig {
     pub seed: u64,
     /// Stop once the smoothed loss exceeds this multiple of its minimum (fastai: 4).
     pub divergence: f64,
+    /// Mixup strength, as training's (`--mixup`; 0 is off, and left out of the JSON).
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub mixup: f32,
+}
+
+fn is_off(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Default for LrFindConfig {
     fn default() -> Self {
-        Self { start: 1e-6, end: 1.0, steps: 100, batch_size: 64, seed: 0, divergence: 4.0 }
+        Self { start: 1e-6, end: 1.0, steps: 100, batch_size: 64, seed: 0, divergence: 4.0, mixup: 0.0 }
     }
 }
 
@@ -48,6 +55,12 @@ impl LrFindConfig {
         self
     }
 
+    /// Mixes the batches as training with `--mixup alpha` would, so the loss is the one it sees.
+    pub fn with_mixup(mut self, alpha: f32) -> Self {
+        self.mixup = alpha;
+        self
+    }
+
     /// Checks the range (0 < start < end, finite), at least 2 steps and a batch of 1 or more.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -56,6 +69,9 @@ impl LrFindConfig {
         }
         if self.steps < 2 {
             return bad(format!("the range test needs at least 2 steps (--steps), got {}", self.steps));
+        }
+        if !(self.mixup.is_finite() && self.mixup >= 0.0) {
+            return bad(format!("mixup strength (--mixup) must be a finite number ≥ 0 (0: off), got {}", self.mixup));
         }
         if self.batch_size == 0 {
             return bad("batch size (--batch-size) must be at least 1".into());
@@ -116,7 +132,7 @@ pub fn lr_find(model: &mut dyn Model, train: &Inputs, cfg: &LrFindConfig, obs: &
             let (x, labels) = b?;
             let i = points.len();
             let lr = cfg.lr(i);
-            let s = model.train_step(&x, train.stage(), &labels, lr)?;
+            let s = crate::mixup::step(model, &x, train.stage(), &labels, lr, cfg.mixup, cfg.seed, i)?;
             let loss = s.loss as f64;
             avg = beta * avg + (1.0 - beta) * if loss.is_finite() { loss } else { f64::MAX.sqrt() };
             let smoothed = avg / (1.0 - beta.powi(i as i32 + 1));

@@ -3,6 +3,7 @@
 //! On a cached policy the inputs are the frozen layers' features (pool5 for fc6–fc8), so it
 //! acts as mixup of the trained layers' input, as manifold mixup does.
 
+use crate::backend::{Model, Stage, StepStats};
 use crate::metrics::smoothed_target;
 use crate::tensor::HostTensor;
 use rand::SeedableRng;
@@ -109,6 +110,27 @@ pub fn mix(x: &HostTensor, labels: &[u32], alpha: f32, seed: u64) -> Mixed {
         data.extend(a.iter().zip(b).map(|(a, b)| lambda * a + (1.0 - lambda) * b));
     }
     Mixed { x: HostTensor { shape: x.shape.clone(), data }, partners: perm.iter().map(|&j| labels[j]).collect(), lambda }
+}
+
+/// One training step of `model` on a batch entering at `stage`, mixed with strength `alpha`
+/// when it is above 0; the draws come from `seed` and `step` alone, so a resumed run mixes the
+/// same. The one place the training loop and the learning-rate range test take a step.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step(
+    model: &mut dyn Model,
+    x: &HostTensor,
+    stage: Stage,
+    labels: &[u32],
+    lr: f32,
+    alpha: f32,
+    seed: u64,
+    step: usize,
+) -> crate::Result<StepStats> {
+    if alpha <= 0.0 {
+        return model.train_step(x, stage, labels, lr);
+    }
+    let m = mix(x, labels, alpha, seed ^ (step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    model.train_step_with(&m.x, stage, Targets { labels, mix: Some(Mix { partners: &m.partners, lambda: m.lambda }) }, lr)
 }
 
 #[cfg(test)]

@@ -441,14 +441,7 @@ pub fn train_resumable(
         for b in train.batches(order, cfg.batch_size, epoch_seed, p.batch_in_epoch) {
             let (x, labels) = b?;
             let lr = cfg.schedule.lr(cfg.lr, p.step, total);
-            let s = if cfg.mixup > 0.0 {
-                // Drawn from the seed and step alone, so a resumed run mixes the same.
-                let m = crate::mixup::mix(&x, &labels, cfg.mixup, cfg.seed ^ (p.step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-                let targets = crate::Targets { labels: &labels, mix: Some(crate::mixup::Mix { partners: &m.partners, lambda: m.lambda }) };
-                model.train_step_with(&m.x, train.stage(), targets, lr)?
-            } else {
-                model.train_step(&x, train.stage(), &labels, lr)?
-            };
+            let s = crate::mixup::step(model, &x, train.stage(), &labels, lr, cfg.mixup, cfg.seed, p.step)?;
             if !s.loss.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged at step {} (loss {}); lower --lr (now {}) or fine-tune less deeply",

@@ -218,7 +218,7 @@ fn lr_find(backend: &dyn Backend, args: LrFindArgs) -> Result<()> {
     let mut cfg = args.job.job_config(resolve_weights(&args.job.data)?);
     args.optim.apply(&mut cfg, args.steps);
     // The range itself was checked with the other flags (args::validate).
-    let test = args.range().with_batch_size(cfg.train.batch_size).with_seed(cfg.train.seed);
+    let test = args.range().with_batch_size(cfg.train.batch_size).with_seed(cfg.train.seed).with_mixup(cfg.train.mixup);
     eprintln!(
         "alexnet lr-find · {} · backend {} · fine-tune {} · {} steps from {:.0e} to {:.0e}",
         cfg.backbone,

@@ -259,13 +259,14 @@ fn recipe_options_and_experiment_variants() {
 
     // The learning-rate range test: its curve, suggestions and plot.
     let lrf = tmp.path().join("lrf");
-    let mut args = vec!["lr-find", "--out", lrf.to_str().unwrap(), "--steps", "8", "--start-lr", "1e-4", "--end-lr", "1"];
+    let mut args = vec!["lr-find", "--out", lrf.to_str().unwrap(), "--steps", "8", "--start-lr", "1e-4", "--end-lr", "1", "--mixup", "0.2"];
     args.extend(common);
     let out = alexnet(&args, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("steepest descent: lr") && stdout.contains("minimum / 10:"), "{stdout}");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(lrf.join("lr_find.json")).unwrap()).unwrap();
+    assert_eq!(j["lr_find"]["config"]["mixup"].as_f64().unwrap() as f32, 0.2, "lr-find mixes as training would");
     let points = j["lr_find"]["points"].as_array().unwrap();
     assert!(!points.is_empty() && points.len() <= 8);
     let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();

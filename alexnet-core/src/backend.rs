@@ -98,7 +98,8 @@ pub struct ModelConfig {
     pub label_smoothing: f32,
 }
 
-fn is_zero(v: &f32) -> bool {
+/// Serde's test for settings left out of the JSON when off (0), so older files still match.
+pub(crate) fn is_zero(v: &f32) -> bool {
     *v == 0.0
 }
 

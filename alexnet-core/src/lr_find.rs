@@ -26,12 +26,8 @@ pub struct LrFindConfig {
     /// Stop once the smoothed loss exceeds this multiple of its minimum (fastai: 4).
     pub divergence: f64,
     /// Mixup strength, as training's (`--mixup`; 0 is off, and left out of the JSON).
-    #[serde(default, skip_serializing_if = "is_off")]
+    #[serde(default, skip_serializing_if = "crate::backend::is_zero")]
     pub mixup: f32,
-}
-
-fn is_off(v: &f32) -> bool {
-    *v == 0.0
 }
 
 impl Default for LrFindConfig {
@@ -70,9 +66,7 @@ impl LrFindConfig {
         if self.steps < 2 {
             return bad(format!("the range test needs at least 2 steps (--steps), got {}", self.steps));
         }
-        if !(self.mixup.is_finite() && self.mixup >= 0.0) {
-            return bad(format!("mixup strength (--mixup) must be a finite number ≥ 0 (0: off), got {}", self.mixup));
-        }
+        crate::mixup::check_alpha(self.mixup)?;
         if self.batch_size == 0 {
             return bad("batch size (--batch-size) must be at least 1".into());
         }

@@ -80,6 +80,14 @@ impl<'a> Targets<'a> {
     }
 }
 
+/// Checks a mixup strength: a finite number ≥ 0 (0 is off).
+pub fn check_alpha(alpha: f32) -> crate::Result<()> {
+    if alpha.is_finite() && alpha >= 0.0 {
+        return Ok(());
+    }
+    Err(crate::Error::Config(format!("mixup strength (--mixup) must be a finite number ≥ 0 (0: off), got {alpha}")))
+}
+
 /// A mixed batch: the inputs, and each sample's partner with the shared weight λ.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mixed {

@@ -70,12 +70,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Mixup strength α (λ ~ Beta(α, α)) on the trained layers' input; 0 is off. Left out of
     /// the JSON when off, so configurations written before it existed still match.
-    #[serde(default, skip_serializing_if = "is_off")]
+    #[serde(default, skip_serializing_if = "crate::backend::is_zero")]
     pub mixup: f32,
-}
-
-fn is_off(v: &f32) -> bool {
-    *v == 0.0
 }
 
 impl Default for TrainConfig {
@@ -110,9 +106,7 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("learning rate (--lr) must be a finite number > 0, got {}", self.lr));
         }
-        if !(self.mixup.is_finite() && self.mixup >= 0.0) {
-            return bad(format!("mixup strength (--mixup) must be a finite number ≥ 0 (0: off), got {}", self.mixup));
-        }
+        crate::mixup::check_alpha(self.mixup)?;
         if self.eval_every == Some(0) {
             return bad("evaluation interval (--eval-every) must be at least 1 step".into());
         }

@@ -56,7 +56,7 @@ pub struct MemberReport {
     pub member: u32,
     /// Added to the run's seeds ([`member_seed_offset`]).
     pub seed_offset: u64,
-    /// Step whose validation accuracy was best (its weights are the member).
+    /// Step whose weights are the member (the best on validation, or the last).
     pub best_step: usize,
     /// The member's learning curve (validation only: test is scored once, at the end).
     pub curve: Vec<crate::report::CurvePoint>,

@@ -329,7 +329,7 @@ pub struct Group<'a> {
     pub policy: String,
     pub recipe: Option<String>,
     pub runs: Vec<&'a RunReport>,
-    /// Test accuracy (at the best validation point) over the runs.
+    /// Test accuracy (of each run's kept step) over the runs.
     pub spread: Spread,
     /// Validation accuracy of the selected model over the runs: what settings are chosen by.
     pub val_spread: Spread,
@@ -407,7 +407,14 @@ impl ExperimentReport {
             (k, r) => format!("{k} test folds × {r} repeats"),
         };
         let pct = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
-        let _ = writeln!(s, "\nAccuracy over {how} (each run's model is the one at its best validation point):\n");
+        let last = |r: &&RunReport| r.config.pointer("/train/select").and_then(|v| v.as_str()) == Some("last");
+        let runs = || groups.iter().flat_map(|g| g.runs.iter());
+        let kept = match (runs().all(last), runs().any(last)) {
+            (true, _) => "the one at its last step",
+            (false, false) => "the one at its best validation point",
+            (false, true) => "the one its `--select` kept: the last step, or the best validation point",
+        };
+        let _ = writeln!(s, "\nAccuracy over {how} (each run's model is {kept}):\n");
         let _ = writeln!(
             s,
             "| setting | runs | val mean (95% interval) | val cross-fitted (95% interval) | test mean | test sd | test 95% interval of the mean | pooled test images |"

@@ -508,8 +508,11 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
     let (mut reports, mut outcomes) = (vec![], vec![]);
     let mut single_metrics = None;
     let mut complete_probs = true;
+    // Keeping the last step chooses nothing on validation: its one point is its own unbiased score.
+    let last_only = cfg.train.select == crate::train::Select::Last;
     let crossfit = |outcomes: &[&crate::train::TrainOutcome], complete: bool| {
-        let members: Vec<&[crate::HostTensor]> = outcomes.iter().map(|o| o.val_probs.as_slice()).collect();
+        let members: Vec<&[crate::HostTensor]> =
+            outcomes.iter().map(|o| if last_only { &o.val_probs[o.val_probs.len().saturating_sub(1)..] } else { &o.val_probs[..] }).collect();
         complete.then(|| crate::selection::crossfit_accuracy(&members, p.val.labels())).flatten()
     };
     let mut first = Some(p.model);

@@ -102,12 +102,14 @@ pub struct RunReport {
     pub cache: Option<CacheSummary>,
     pub timings: Timings,
     pub curve: Vec<CurvePoint>,
-    /// Step whose validation accuracy was best; its weights are the saved model.
+    /// Step whose weights are the saved model: the best on validation, or the last
+    /// (`config.train.select`).
     pub best_step: usize,
     pub val: EvalMetrics,
     /// Validation accuracy with the selection bias removed ([`crate::selection`]): each model's
     /// step chosen on one half of the validation set and scored on the other, both ways. `val`
-    /// scores the chosen step on the set that chose it, which overstates it. `None` without a
+    /// scores the chosen step on the set that chose it, which overstates it (keeping the last
+    /// step chooses nothing, so there the two are equal). `None` without a
     /// validation set, or for runs resumed from checkpoints that lack the earlier points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_crossfit: Option<f64>,

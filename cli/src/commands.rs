@@ -160,12 +160,14 @@ fn print_summary(r: &RunReport) {
         );
     }
     println!("{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)", "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second);
+    let last = r.config.pointer("/train/select").and_then(|v| v.as_str()) == Some("last");
+    let kept = if last { "kept step (the last)" } else { "kept step (best validation)" };
     if r.members.is_empty() {
-        println!("{:<28} {}", "best step (validation)", r.best_step);
+        println!("{:<28} {}", kept, r.best_step);
     }
     for m in &r.members {
         println!(
-            "{:<28} best step {}, val {:.2}%, test {:.2}% (members 0–{} together: val {:.2}%, test {:.2}%)",
+            "{:<28} step {}, val {:.2}%, test {:.2}% (members 0–{} together: val {:.2}%, test {:.2}%)",
             format!("member {} (seeds +{})", m.member, m.seed_offset),
             m.best_step,
             100.0 * m.val_accuracy,
@@ -176,6 +178,9 @@ fn print_summary(r: &RunReport) {
         );
     }
     match r.val_crossfit {
+        Some(_) if last => {
+            println!("{:<28} {:.2}% (at the last step: chosen on nothing, so unbiased)", "validation accuracy", 100.0 * r.val.accuracy)
+        }
         Some(c) => println!(
             "{:<28} {:.2}% at the chosen step(s); {:.2}% with each step chosen on the other half of validation (free of the choice's upward bias)",
             "validation accuracy",

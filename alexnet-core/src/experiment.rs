@@ -407,9 +407,8 @@ impl ExperimentReport {
             (k, r) => format!("{k} test folds × {r} repeats"),
         };
         let pct = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
-        let last = |r: &&RunReport| r.config.pointer("/train/select").and_then(|v| v.as_str()) == Some("last");
         let runs = || groups.iter().flat_map(|g| g.runs.iter());
-        let kept = match (runs().all(last), runs().any(last)) {
+        let kept = match (runs().all(|r| r.kept_last()), runs().any(|r| r.kept_last())) {
             (true, _) => "the one at its last step",
             (false, false) => "the one at its best validation point",
             (false, true) => "the one its `--select` kept: the last step, or the best validation point",

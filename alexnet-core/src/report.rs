@@ -129,6 +129,15 @@ pub struct RunReport {
     pub members: Vec<crate::ensemble::MemberReport>,
 }
 
+impl RunReport {
+    /// True when the run kept its last step's weights (`config.train.select`); reports written
+    /// before the choice existed kept the best on validation.
+    pub fn kept_last(&self) -> bool {
+        let select = self.config.pointer("/train/select").and_then(|v| serde_json::from_value(v.clone()).ok());
+        select == Some(crate::train::Select::Last)
+    }
+}
+
 /// Where the cache was and what it did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheSummary {

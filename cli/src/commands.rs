@@ -160,7 +160,7 @@ fn print_summary(r: &RunReport) {
         );
     }
     println!("{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)", "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second);
-    let last = r.config.pointer("/train/select").and_then(|v| v.as_str()) == Some("last");
+    let last = r.kept_last();
     let kept = if last { "kept step (the last)" } else { "kept step (best validation)" };
     if r.members.is_empty() {
         println!("{:<28} {}", kept, r.best_step);

@@ -2,8 +2,9 @@
 //!
 //! With `--select best-val` the saved model is the one at the evaluation point with the best
 //! validation accuracy, so that accuracy is the maximum of several noisy scores of one small set:
-//! it overstates what the model does on new photos, and by more the more points there are. Ensembles are hit twice (each
-//! member was chosen on the same set), which hid their gain on validation (issue 13).
+//! it overstates what the model does on new photos, and by more the more points there are.
+//! Ensembles are hit twice (each member was chosen on the same set), which hid their gain on
+//! validation (issue 13).
 //!
 //! The cross-fitted estimate removes the bias the way nested cross-validation does: split the
 //! validation samples into two halves, choose each model's point on one half, score the chosen

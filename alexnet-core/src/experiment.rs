@@ -331,8 +331,10 @@ pub struct Group<'a> {
     pub runs: Vec<&'a RunReport>,
     /// Test accuracy (of each run's kept step) over the runs.
     pub spread: Spread,
-    /// Validation accuracy of the selected model over the runs: what settings are chosen by.
-    pub val_spread: Spread,
+    /// Validation accuracy of the selected model over the runs: what settings are chosen by;
+    /// `None` when a run had no validation images (`--val-percent 0`: trained on all of the
+    /// training part, so it cannot be chosen, only compared on test).
+    pub val_spread: Option<Spread>,
     /// Cross-fitted validation accuracy over the runs ([`crate::selection`]), when every run
     /// has it.
     pub crossfit_spread: Option<Spread>,
@@ -374,7 +376,7 @@ impl ExperimentReport {
             .into_iter()
             .map(|runs| {
                 let acc: Vec<f64> = runs.iter().map(|r| r.test.accuracy).collect();
-                let val: Vec<f64> = runs.iter().map(|r| r.val.accuracy).collect();
+                let val: Option<Vec<f64>> = runs.iter().map(|r| (r.val.samples > 0).then_some(r.val.accuracy)).collect();
                 let pooled = runs.iter().fold((0, 0), |(c, n), r| (c + (r.test.accuracy * r.test.samples as f64).round() as u64, n + r.test.samples));
                 Group {
                     backbone: runs[0].backbone.to_string(),
@@ -382,7 +384,7 @@ impl ExperimentReport {
                     policy: runs[0].policy.clone(),
                     recipe: runs[0].recipe.clone(),
                     spread: Spread::of(&acc).expect("a group has a run"),
-                    val_spread: Spread::of(&val).expect("a group has a run"),
+                    val_spread: val.and_then(|v| Spread::of(&v)),
                     crossfit_spread: runs.iter().map(|r| r.val_crossfit).collect::<Option<Vec<f64>>>().and_then(|v| Spread::of(&v)),
                     pooled,
                     runs,
@@ -423,11 +425,10 @@ impl ExperimentReport {
             let sp = g.spread;
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2}% ({}) | {} | {:.2}% | {:.2} | {} | {:.2}% ({} of {}) |",
+                "| {} | {} | {} | {} | {:.2}% | {:.2} | {} | {:.2}% ({} of {}) |",
                 g.label(several),
                 sp.n,
-                100.0 * g.val_spread.mean,
-                pct(&g.val_spread),
+                g.val_spread.map_or("– (no validation set)".into(), |v| format!("{:.2}% ({})", 100.0 * v.mean, pct(&v))),
                 g.crossfit_spread.map_or("–".into(), |c| format!("{:.2}% ({})", 100.0 * c.mean, pct(&c))),
                 100.0 * sp.mean,
                 100.0 * sp.sd,
@@ -440,11 +441,17 @@ impl ExperimentReport {
         let mut rows = Vec::new();
         for backend in groups.iter().map(|g| g.backend.as_str()).collect::<std::collections::BTreeSet<_>>() {
             let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
-            // Chosen by the cross-fitted validation accuracy when every setting has it (free of
-            // the bias that favours settings with more or noisier evaluation points).
-            let crossfit = mine.iter().all(|g| g.crossfit_spread.is_some());
-            let score = |g: &Group| if crossfit { g.crossfit_spread.map_or(0.0, |c| c.mean) } else { g.val_spread.mean };
-            let best = mine.iter().max_by(|a, b| score(a).total_cmp(&score(b))).expect("a group");
+            // Only settings with a validation set can be chosen; chosen by the cross-fitted
+            // validation accuracy when every one of them has it (free of the bias that favours
+            // settings with more or noisier evaluation points).
+            let choosable: Vec<&Group> = mine.iter().copied().filter(|g| g.val_spread.is_some()).collect();
+            let crossfit = choosable.iter().all(|g| g.crossfit_spread.is_some());
+            let score = |g: &Group| match (crossfit, g.crossfit_spread, g.val_spread) {
+                (true, Some(c), _) => c.mean,
+                (false, _, Some(v)) => v.mean,
+                _ => f64::NEG_INFINITY,
+            };
+            let Some(best) = choosable.iter().max_by(|a, b| score(a).total_cmp(&score(b))) else { continue };
             for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
                 let paired = |acc: fn(&RunReport) -> Option<f64>| -> Option<Spread> {
                     let diffs: Vec<f64> = g
@@ -463,11 +470,13 @@ impl ExperimentReport {
                         if d.excludes_zero() { "yes" } else { "no" }
                     )
                 };
-                if let (Some(v), Some(t)) = (paired(|r| Some(r.val.accuracy)), paired(|r| Some(r.test.accuracy))) {
-                    // Cross-fitted only where both settings have it for every run.
+                if let Some(t) = paired(|r| Some(r.test.accuracy)) {
+                    // Validation only where both have it; cross-fitted only where both settings
+                    // have it for every run.
+                    let v = paired(|r| (r.val.samples > 0).then_some(r.val.accuracy)).filter(|_| g.val_spread.is_some());
                     let c = paired(|r| r.val_crossfit).filter(|_| g.crossfit_spread.is_some() && best.crossfit_spread.is_some());
-                    let c = c.map_or("– | –".into(), |c| cell(&c));
-                    rows.push(format!("| {} | {} | {} | {c} | {} |", g.label(several), best.label(several), cell(&v), cell(&t)));
+                    let (v, c) = (v.map_or("– | –".into(), |v| cell(&v)), c.map_or("– | –".into(), |c| cell(&c)));
+                    rows.push(format!("| {} | {} | {v} | {c} | {} |", g.label(several), best.label(several), cell(&t)));
                 }
             }
         }

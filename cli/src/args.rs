@@ -263,6 +263,10 @@ pub struct DataArgs {
     /// Percentage of images held out for the test score, in [0, 100); with --val-percent under 100.
     #[arg(long, default_value_t = 10.0, value_parser = percent, allow_negative_numbers = true)]
     pub test_percent: f64,
+    /// Percentage of the training part that trains, in (0, 100]; the rest sits out (learning
+    /// curves: `experiment --vary train-percent=50,75,100`). Validation and test are unchanged.
+    #[arg(long, default_value_t = 100.0, value_parser = share, allow_negative_numbers = true)]
+    pub train_percent: f64,
     /// Shorter side is resized to this before cropping (at least --crop). Default: 256 for
     /// alexnet, 299 for inception-v3.
     #[arg(long, value_parser = at_least_one::<u32>)]
@@ -605,7 +609,7 @@ impl DataArgs {
         cfg.weights = weights;
         cfg.init_seed = self.seed;
         cfg.allow_random_frozen = self.allow_random_frozen;
-        cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent, fold: None };
+        cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent, fold: None, train_percent: self.train_percent };
         cfg.backbone = self.backbone.core();
         cfg.head_hidden = self.head_hidden;
         cfg.preprocess = self.preprocess();
@@ -738,6 +742,11 @@ fn percent(s: &str) -> Result<f64, String> {
     float(s).ok().filter(|v| (0.0..100.0).contains(v)).ok_or_else(|| "expected a percentage in [0, 100)".into())
 }
 
+/// A percentage in (0, 100].
+fn share(s: &str) -> Result<f64, String> {
+    float(s).ok().filter(|v| *v > 0.0 && *v <= 100.0).ok_or_else(|| "expected a percentage in (0, 100]".into())
+}
+
 /// The crop a backbone accepts (AlexNet's pool5 must be 6×6; Inception's pool_3 1×1): the
 /// core's own check.
 fn check_crop(backbone: Backbone, c: u32) -> Result<(), String> {
@@ -848,7 +857,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
         if p.crop > p.resize {
             return fail(ErrorKind::ArgumentConflict, format!("--crop {} must be no larger than --resize {}", p.crop, p.resize));
         }
-        let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent, fold: None };
+        let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent, fold: None, train_percent: d.train_percent };
         split.validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
         if backbone != Backbone::AlexNet && d.no_pretrained {
             return fail(

@@ -319,6 +319,78 @@ fn recipe_options_and_experiment_variants() {
     }
 }
 
+/// A learning curve's points (`--train-percent`) and a model trained on the whole training part
+/// (`--val-percent 0`) as experiment variants: the training part shrinks or grows, test does not
+/// move, and the variant without validation is compared on test only, never chosen.
+#[test]
+fn train_percent_and_no_validation_variants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 8);
+    let exp = tmp.path().join("exp");
+    let w = pretrained_weights();
+    let (d, e, wp) = (data.to_str().unwrap(), exp.to_str().unwrap(), w.to_str().unwrap());
+    let args = [
+        "experiment",
+        "--data",
+        d,
+        "--weights",
+        wp,
+        "--out",
+        e,
+        "--policies",
+        "fc6",
+        "--folds",
+        "2",
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--speedup-policy",
+        "none",
+        "--batch-size",
+        "6",
+        "--cache-views",
+        "1",
+        "--tta",
+        "none",
+        "--val-percent",
+        "25",
+        "--vary",
+        "train-percent=100,50",
+        "--vary",
+        "val-percent=0",
+    ];
+    let out = alexnet(&args, tmp.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--train-percent 50: ") && stderr.contains("sit out; validation and test are unchanged"), "{stderr}");
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(exp.join("experiment.json")).unwrap()).unwrap();
+    let runs = rep["runs"].as_array().unwrap();
+    let count = |recipe: &str, fold: u64, part: &str| {
+        let r = runs.iter().find(|r| r["recipe"] == recipe && r["fold"]["index"] == fold).unwrap_or_else(|| panic!("{recipe} fold {fold}"));
+        r["data"][part].as_u64().unwrap()
+    };
+    for fold in 0..2 {
+        let part = |recipe, p| count(recipe, fold, p);
+        assert!(part("train-percent=50", "train") < part("train-percent=100", "train"), "fold {fold}");
+        assert_eq!(part("val-percent=0", "train"), part("train-percent=100", "train") + part("train-percent=100", "val"));
+        assert_eq!(part("val-percent=0", "val"), 0);
+        for r in ["train-percent=50", "val-percent=0"] {
+            assert_eq!(part(r, "test"), part("train-percent=100", "test"), "{r} fold {fold}");
+        }
+        assert_eq!(part("train-percent=50", "val"), part("train-percent=100", "val"));
+    }
+    let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
+    assert!(md.contains("| alexnet fc6 · val-percent=0 | 2 | – (no validation set) |"), "{md}");
+    // Compared with the best setting that has validation, on test alone.
+    assert!(md.contains("| alexnet fc6 · val-percent=0 | alexnet fc6 · train-percent=") && md.contains("| – | – | – | – |"), "{md}");
+    for bad in ["0", "101"] {
+        let out = alexnet(&["train", "--data", d, "--train-percent", bad], tmp.path());
+        assert_eq!(out.status.code(), Some(2), "--train-percent {bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("(0, 100]"));
+    }
+}
+
 /// `--ensemble N`: N members on one extraction, saved as `model.json` + one weights file each;
 /// `eval` and `predict` run them as one model with the training's scores; `experiment
 /// --ensemble N` adds the table of the first k members.

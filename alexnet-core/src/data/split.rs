@@ -22,11 +22,25 @@ pub struct SplitConfig {
     /// K-fold cross-validation: this fold is the test part (`test_percent` is then unused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold: Option<Fold>,
+    /// The share of the training part that trains (`--train-percent`), picked by a third
+    /// independent hash so that a smaller share is a subset of a larger one: learning curves
+    /// (would more photos help?). Validation and test are unchanged. 100, the default, is left
+    /// out of the JSON, so configs written before it read the same.
+    #[serde(default = "all_of_it", skip_serializing_if = "is_all_of_it")]
+    pub train_percent: f64,
+}
+
+fn all_of_it() -> f64 {
+    100.0
+}
+
+fn is_all_of_it(p: &f64) -> bool {
+    *p == 100.0
 }
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { val_percent: 10.0, test_percent: 10.0, fold: None }
+        Self { val_percent: 10.0, test_percent: 10.0, fold: None, train_percent: 100.0 }
     }
 }
 
@@ -48,10 +62,19 @@ impl std::fmt::Display for Fold {
 
 /// The seed of the hash that carves validation from the training folds ("VALID").
 const VAL_SEED: u64 = 0x0056_414c_4944;
+/// The seed of the hash that picks `--train-percent` of the training part ("TRAIN").
+const TRAIN_SEED: u64 = 0x0054_5241_494e;
 
 impl SplitConfig {
-    /// Checks the percentages: each in [0, 100), and together under 100 so something trains.
+    /// Checks the percentages: each in [0, 100), and together under 100 so something trains;
+    /// `--train-percent` in (0, 100].
     pub fn validate(&self) -> Result<()> {
+        if !(self.train_percent > 0.0 && self.train_percent <= 100.0) {
+            return Err(Error::Config(format!(
+                "--train-percent {} must be in (0, 100]: the share of the training part that trains",
+                self.train_percent
+            )));
+        }
         for (flag, p) in [("--val-percent", self.val_percent), ("--test-percent", self.test_percent)] {
             if !(0.0..100.0).contains(&p) {
                 return Err(Error::Config(format!("{flag} {p} must be in [0, 100)")));
@@ -93,6 +116,13 @@ impl SplitConfig {
         } else {
             Split::Train
         }
+    }
+
+    /// Whether a training image (by its relative path or group key) is among the
+    /// `train_percent` that train; always true at 100.
+    pub fn trains(&self, rel_path: &str) -> bool {
+        self.train_percent >= 100.0
+            || (xxhash_rust::xxh3::xxh3_64_with_seed(rel_path.as_bytes(), TRAIN_SEED) % 10_000) as f64 / 100.0 < self.train_percent
     }
 
     /// Indices of `samples` in `split`, in their original order.
@@ -207,7 +237,7 @@ mod tests {
         // The path, not the file name, decides: the same name in two classes lands independently.
         assert!((0..200).any(|i| cfg.assign(&format!("a/{i}.jpg")) != cfg.assign(&format!("b/{i}.jpg"))));
         // Percentages shift bucket boundaries monotonically: more test never shrinks the test set.
-        let wider = SplitConfig { val_percent: 10.0, test_percent: 20.0, fold: None };
+        let wider = SplitConfig { val_percent: 10.0, test_percent: 20.0, ..SplitConfig::default() };
         let wider_test = wider.indices(&s, Split::Test);
         assert!(test.iter().all(|i| wider_test.contains(i)) && wider_test.len() > test.len());
     }
@@ -306,16 +336,45 @@ mod tests {
     }
 
     #[test]
+    fn train_percent_picks_nested_subsets_of_the_training_part_only() {
+        let s = samples(5000, 0);
+        let at = |p: f64| SplitConfig { train_percent: p, ..SplitConfig::default() };
+        let training = |cfg: &SplitConfig| -> Vec<usize> { cfg.indices(&s, Split::Train).into_iter().filter(|i| cfg.trains(&s[*i].rel)).collect() };
+        let all = training(&at(100.0));
+        assert_eq!(all, SplitConfig::default().indices(&s, Split::Train));
+        let (half, most) = (training(&at(50.0)), training(&at(90.0)));
+        // About the share asked for (binomial: 4,000 images, sd under 1 point).
+        for (got, p) in [(&half, 0.5), (&most, 0.9)] {
+            let share = got.len() as f64 / all.len() as f64;
+            assert!((share - p).abs() < 0.03, "{share} for {p}");
+        }
+        // Nested: a learning curve adds photos, it never swaps them.
+        assert!(half.iter().all(|i| most.contains(i)) && most.iter().all(|i| all.contains(i)));
+        // Independent of the validation carve and the test part, which do not move.
+        for split in [Split::Val, Split::Test] {
+            assert_eq!(at(50.0).indices(&s, split), SplitConfig::default().indices(&s, split));
+        }
+        // The default is left out of the JSON, and old JSON reads as 100.
+        assert!(!serde_json::to_string(&SplitConfig::default()).unwrap().contains("train_percent"));
+        let old: SplitConfig = serde_json::from_str(r#"{"val_percent": 10.0, "test_percent": 10.0}"#).unwrap();
+        assert_eq!(old, SplitConfig::default());
+        for bad in [0.0, -1.0, 100.5, f64::NAN] {
+            let e = at(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("--train-percent") && e.contains("(0, 100]"), "{e}");
+        }
+    }
+
+    #[test]
     fn validate_names_the_flags() {
         SplitConfig::default().validate().unwrap();
-        SplitConfig { val_percent: 0.0, test_percent: 0.0, fold: None }.validate().unwrap();
-        SplitConfig { val_percent: 49.5, test_percent: 50.0, fold: None }.validate().unwrap();
-        let sum = SplitConfig { val_percent: 60.0, test_percent: 40.0, fold: None }.validate().unwrap_err().to_string();
+        SplitConfig { val_percent: 0.0, test_percent: 0.0, ..SplitConfig::default() }.validate().unwrap();
+        SplitConfig { val_percent: 49.5, test_percent: 50.0, ..SplitConfig::default() }.validate().unwrap();
+        let sum = SplitConfig { val_percent: 60.0, test_percent: 40.0, ..SplitConfig::default() }.validate().unwrap_err().to_string();
         assert!(sum.contains("--val-percent 60 + --test-percent 40") && sum.contains("under 100"), "{sum}");
         for (cfg, flag) in [
-            (SplitConfig { val_percent: -5.0, test_percent: 10.0, fold: None }, "--val-percent -5"),
-            (SplitConfig { val_percent: 10.0, test_percent: 100.0, fold: None }, "--test-percent 100"),
-            (SplitConfig { val_percent: f64::NAN, test_percent: 10.0, fold: None }, "--val-percent NaN"),
+            (SplitConfig { val_percent: -5.0, test_percent: 10.0, ..SplitConfig::default() }, "--val-percent -5"),
+            (SplitConfig { val_percent: 10.0, test_percent: 100.0, ..SplitConfig::default() }, "--test-percent 100"),
+            (SplitConfig { val_percent: f64::NAN, test_percent: 10.0, ..SplitConfig::default() }, "--val-percent NaN"),
         ] {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(flag) && e.contains("[0, 100)"), "{e}");

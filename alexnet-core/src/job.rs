@@ -296,24 +296,6 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
         }
         check.bad.retain(|b| mine[b.index]);
     }
-    if cfg.split.train_percent < 100.0 {
-        // `--train-percent`: the rest of the training part sits out (a learning curve's point).
-        let part = |i: usize| splits[i] == Split::Train && used[i].is_some();
-        let sits_out: Vec<bool> = (0..samples.len()).map(|i| part(i) && !cfg.split.trains(keys[i])).collect();
-        let of = (0..samples.len()).filter(|i| part(*i)).count();
-        let out = sits_out.iter().filter(|o| **o).count();
-        obs.message(&format!(
-            "--train-percent {}: {} of the {of} training images train, {out} sit out; validation and test are unchanged",
-            cfg.split.train_percent,
-            of - out
-        ));
-        for (u, o) in used.iter_mut().zip(&sits_out) {
-            if *o {
-                *u = None;
-            }
-        }
-        check.bad.retain(|b| !sits_out[b.index]);
-    }
     let mut warnings = dataset.warnings.clone();
     let mut skipped = vec![];
     let conflicts: Vec<&Vec<usize>> = dups.conflicts(samples).collect();
@@ -343,6 +325,25 @@ pub fn prepare(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Re
                 }
             }
         }
+    }
+    if cfg.split.train_percent < 100.0 {
+        // `--train-percent`: the rest of the training part sits out (a learning curve's point);
+        // counted after shards and class conflicts, so the numbers are what trains.
+        let part = |i: usize| splits[i] == Split::Train && used[i].is_some();
+        let sits_out: Vec<bool> = (0..samples.len()).map(|i| part(i) && !cfg.split.trains(keys[i])).collect();
+        let of = (0..samples.len()).filter(|i| part(*i)).count();
+        let out = sits_out.iter().filter(|o| **o).count();
+        obs.message(&format!(
+            "--train-percent {}: {} of the {of} training images train, {out} sit out; validation and test are unchanged",
+            cfg.split.train_percent,
+            of - out
+        ));
+        for (u, o) in used.iter_mut().zip(&sits_out) {
+            if *o {
+                *u = None;
+            }
+        }
+        check.bad.retain(|b| !sits_out[b.index]);
     }
     let duplicates = DuplicateSummary {
         groups: dups.groups.len(),

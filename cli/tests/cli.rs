@@ -379,6 +379,9 @@ fn train_percent_and_no_validation_variants() {
             assert_eq!(part(r, "test"), part("train-percent=100", "test"), "{r} fold {fold}");
         }
         assert_eq!(part("train-percent=50", "val"), part("train-percent=100", "val"));
+        let said =
+            format!("--train-percent 50: {} of the {} training images train", part("train-percent=50", "train"), part("train-percent=100", "train"));
+        assert!(stderr.contains(&said), "{said}\n{stderr}");
     }
     let md = std::fs::read_to_string(exp.join("experiment.md")).unwrap();
     assert!(md.contains("| alexnet fc6 · val-percent=0 | 2 | – (no validation set) |"), "{md}");

@@ -376,7 +376,7 @@ impl ExperimentReport {
             .into_iter()
             .map(|runs| {
                 let acc: Vec<f64> = runs.iter().map(|r| r.test.accuracy).collect();
-                let val: Option<Vec<f64>> = runs.iter().map(|r| (r.val.samples > 0).then_some(r.val.accuracy)).collect();
+                let val: Option<Vec<f64>> = runs.iter().map(|r| r.val_accuracy()).collect();
                 let pooled = runs.iter().fold((0, 0), |(c, n), r| (c + (r.test.accuracy * r.test.samples as f64).round() as u64, n + r.test.samples));
                 Group {
                     backbone: runs[0].backbone.to_string(),
@@ -473,7 +473,7 @@ impl ExperimentReport {
                 if let Some(t) = paired(|r| Some(r.test.accuracy)) {
                     // Validation only where both have it; cross-fitted only where both settings
                     // have it for every run.
-                    let v = paired(|r| (r.val.samples > 0).then_some(r.val.accuracy)).filter(|_| g.val_spread.is_some());
+                    let v = paired(RunReport::val_accuracy).filter(|_| g.val_spread.is_some());
                     let c = paired(|r| r.val_crossfit).filter(|_| g.crossfit_spread.is_some() && best.crossfit_spread.is_some());
                     let (v, c) = (v.map_or("– | –".into(), |v| cell(&v)), c.map_or("– | –".into(), |c| cell(&c)));
                     rows.push(format!("| {} | {} | {v} | {c} | {} |", g.label(several), best.label(several), cell(&t)));

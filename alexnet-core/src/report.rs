@@ -136,6 +136,12 @@ impl RunReport {
         let select = self.config.pointer("/train/select").and_then(|v| serde_json::from_value(v.clone()).ok());
         select == Some(crate::train::Select::Last)
     }
+
+    /// The kept model's validation accuracy, or `None` for a run without a validation set
+    /// (`--val-percent 0`), whose recorded accuracy of 0 means nothing.
+    pub fn val_accuracy(&self) -> Option<f64> {
+        (self.val.samples > 0).then_some(self.val.accuracy)
+    }
 }
 
 /// Where the cache was and what it did.

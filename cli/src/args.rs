@@ -603,13 +603,18 @@ impl DataArgs {
         Preprocess { resize: self.resize.unwrap_or(p.resize), crop: self.crop.unwrap_or(p.crop), ..p }
     }
 
+    /// The split --val-percent, --test-percent and --train-percent ask for (one split, no fold).
+    pub fn split(&self) -> SplitConfig {
+        SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent, fold: None, train_percent: self.train_percent }
+    }
+
     /// The core job configuration for these options, fine-tuning fc6 with the cache on.
     pub fn job_config(&self, weights: Option<PathBuf>) -> JobConfig {
         let mut cfg = JobConfig::new(&self.data);
         cfg.weights = weights;
         cfg.init_seed = self.seed;
         cfg.allow_random_frozen = self.allow_random_frozen;
-        cfg.split = SplitConfig { val_percent: self.val_percent, test_percent: self.test_percent, fold: None, train_percent: self.train_percent };
+        cfg.split = self.split();
         cfg.backbone = self.backbone.core();
         cfg.head_hidden = self.head_hidden;
         cfg.preprocess = self.preprocess();
@@ -857,8 +862,7 @@ pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
         if p.crop > p.resize {
             return fail(ErrorKind::ArgumentConflict, format!("--crop {} must be no larger than --resize {}", p.crop, p.resize));
         }
-        let split = SplitConfig { val_percent: d.val_percent, test_percent: d.test_percent, fold: None, train_percent: d.train_percent };
-        split.validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
+        d.split().validate().map_err(|e| usage_error(sub, ErrorKind::ArgumentConflict, core_message(e)))?;
         if backbone != Backbone::AlexNet && d.no_pretrained {
             return fail(
                 ErrorKind::ArgumentConflict,

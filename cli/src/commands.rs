@@ -178,7 +178,7 @@ fn print_summary(r: &RunReport) {
         );
     }
     match r.val_crossfit {
-        _ if r.val.samples == 0 => println!("{:<28} none (--val-percent 0: validation photos trained too)", "validation accuracy"),
+        _ if r.val_accuracy().is_none() => println!("{:<28} none (--val-percent 0: validation photos trained too)", "validation accuracy"),
         Some(_) if last => {
             println!("{:<28} {:.2}% (at the last step: chosen on nothing, so unbiased)", "validation accuracy", 100.0 * r.val.accuracy)
         }

@@ -41,8 +41,8 @@ pub struct CacheKey {
     /// Seeds the augmented views (view ≥ 1).
     pub view_seed: u64,
     pub dtype: CacheDtype,
-    /// Colour jitter of the augmented views; left out of the key when off, so caches written
-    /// before it existed keep their folder.
+    /// Scale and colour jitter of the augmented views; left out of the key when off, so caches
+    /// written before they existed keep their folder.
     #[serde(default, skip_serializing_if = "Augment::is_off")]
     pub augment: Augment,
 }
@@ -75,7 +75,7 @@ impl CacheKey {
         let mut bytes = self.view_seed.to_le_bytes().to_vec();
         bytes.extend_from_slice(&content_hash.to_le_bytes());
         bytes.extend_from_slice(&v.to_le_bytes());
-        View::Augmented { seed: xxhash_rust::xxh3::xxh3_64(&bytes), color: self.augment.color_jitter }
+        View::Augmented { seed: xxhash_rust::xxh3::xxh3_64(&bytes), color: self.augment.color_jitter, scale: self.augment.crop_scale }
     }
 }
 
@@ -330,9 +330,19 @@ mod tests {
                     View::Augmented { seed, .. } => seed,
                     v => panic!("{v:?}"),
                 },
-                color: 0.4
+                color: 0.4,
+                scale: 0.0
             }
         );
+        // So is scale jitter, and the two together are a third.
+        let mut scaled = key(1);
+        scaled.augment.crop_scale = 0.35;
+        let mut both = scaled.clone();
+        both.augment.color_jitter = 0.4;
+        let ids = [key(1).id(), jittered.id(), scaled.id(), both.id()];
+        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 4, "{ids:?}");
+        assert!(!serde_json::to_string(&jittered).unwrap().contains("crop_scale"), "a jittered key reads as before");
+        assert!(matches!(both.view(5, 1), View::Augmented { color: 0.4, scale: 0.35, .. }));
     }
 
     #[test]

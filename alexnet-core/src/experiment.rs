@@ -560,13 +560,13 @@ impl ExperimentReport {
         }
     }
 
-    /// A markdown table: per run, best-validation test accuracy, best test accuracy seen, and
+    /// A markdown table: per run, the kept model's test accuracy, the best test accuracy seen, and
     /// the times; then the spread over folds/repeats and the cache speed-ups.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| backbone | backend | fine-tune | trains | run | test acc. (best val; 95% interval) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
+            "| backbone | backend | fine-tune | trains | run | test acc. (kept model; 95% interval) | best test seen | steps | train s | samples/s | cache fill s | extraction crops/s |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {

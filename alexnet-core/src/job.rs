@@ -171,6 +171,10 @@ impl JobConfig {
         if !(jitter.is_finite() && (0.0..=1.0).contains(&jitter)) {
             return Err(Error::Config(format!("colour jitter (--color-jitter) must be in [0, 1], got {jitter}")));
         }
+        let scale = self.augment.crop_scale;
+        if !(scale.is_finite() && (0.0..=1.0).contains(&scale)) {
+            return Err(Error::Config(format!("smallest crop share (--crop-scale) must be in [0, 1] (0 is off), got {scale}")));
+        }
         if let Some(shard) = self.shard {
             if !self.cache.enabled {
                 return Err(Error::Config(format!("shard {shard} is for filling the feature cache, which is off (--no-cache)")));
@@ -737,6 +741,8 @@ mod tests {
             (Box::new(|c| c.cache.views = MAX_CACHE_VIEWS + 1), "--cache-views"),
             (Box::new(|c| c.augment.color_jitter = 1.5), "--color-jitter"),
             (Box::new(|c| c.augment.color_jitter = f32::NAN), "--color-jitter"),
+            (Box::new(|c| c.augment.crop_scale = 1.5), "--crop-scale"),
+            (Box::new(|c| c.augment.crop_scale = -0.1), "--crop-scale"),
             (Box::new(|c| c.extract_batch = 0), "--extract-batch"),
             (Box::new(|c| c.ensemble = 0), "--ensemble"),
             (Box::new(|c| c.ensemble = crate::ensemble::MAX_MEMBERS + 1), "--ensemble"),

@@ -291,6 +291,12 @@ pub struct DataArgs {
     /// 0 is off. In [0, 1].
     #[arg(long, default_value_t = 0.0, value_parser = unit_interval, allow_negative_numbers = true)]
     pub color_jitter: f32,
+    /// Scale jitter of the random training views (cached or not), as torchvision's
+    /// RandomResizedCrop(scale=(S, 1)): each covers a random S–100% of the resized image's area
+    /// with an aspect ratio in 3/4–4/3, resampled to --crop. 0 is off (a plain --crop square at
+    /// a random position). In [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = unit_interval, allow_negative_numbers = true)]
+    pub crop_scale: f32,
     /// Test-time augmentation for validation and test: average the softmax over the centre crop
     /// and its mirror (flip) or over ten crops (centre and corners, each mirrored); their
     /// features are cached like the training views. Default: ten-crop for AlexNet (it raised
@@ -632,7 +638,7 @@ impl DataArgs {
             ConflictArg::Keep => OnConflict::Keep,
         };
         cfg.extract_batch = self.extract_batch;
-        cfg.augment = alexnet_core::data::Augment { color_jitter: self.color_jitter };
+        cfg.augment = alexnet_core::data::Augment { color_jitter: self.color_jitter, crop_scale: self.crop_scale };
         cfg.train_fixed_views = self.train_fixed_views.core();
         cfg.tta = self.tta.unwrap_or(if self.backbone == BackboneArg::Alexnet { TtaArg::TenCrop } else { TtaArg::None }).core();
         cfg

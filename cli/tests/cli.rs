@@ -233,7 +233,7 @@ fn recipe_options_and_experiment_variants() {
     let run = tmp.path().join("run");
     let w = pretrained_weights();
     let (d, r, wp) = (data.to_str().unwrap(), run.to_str().unwrap(), w.to_str().unwrap());
-    let common = ["--data", d, "--weights", wp, "--batch-size", "6", "--cache-views", "2", "--color-jitter", "0.3"];
+    let common = ["--data", d, "--weights", wp, "--batch-size", "6", "--cache-views", "2", "--color-jitter", "0.3", "--crop-scale", "0.5"];
     let mut train = vec!["train", "--out", r, "--steps", "2", "--tta", "flip", "--label-smoothing", "0.1", "--mixup", "0.4"];
     train.extend(common);
     let out = alexnet(&train, tmp.path());
@@ -243,6 +243,7 @@ fn recipe_options_and_experiment_variants() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["config"]["model"]["label_smoothing"].as_f64().unwrap() as f32, 0.1);
     assert_eq!(report["config"]["augment"]["color_jitter"].as_f64().unwrap() as f32, 0.3);
+    assert_eq!(report["config"]["augment"]["crop_scale"].as_f64().unwrap() as f32, 0.5);
     assert_eq!(report["config"]["train"]["mixup"].as_f64().unwrap() as f32, 0.4);
     // `eval` uses the model's test-time augmentation: the same test accuracy as training reported.
     let out = alexnet(&["eval", "--model", r, "--data", d, "--split", "test", "--json"], tmp.path());

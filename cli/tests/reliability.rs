@@ -108,6 +108,7 @@ fn bad_flags_and_inputs_fail_fast_and_clearly() {
         case(train(&["--cache-views", "0"]), 2, &["--cache-views", "from 1 to 1024"]),
         case(train(&["--cache-views", "2000"]), 2, &["--cache-views", "from 1 to 1024"]),
         case(train(&["--color-jitter", "1.5"]), 2, &["--color-jitter", "[0, 1]"]),
+        case(train(&["--crop-scale", "1.5"]), 2, &["--crop-scale", "[0, 1]"]),
         case(train(&["--label-smoothing", "1"]), 2, &["--label-smoothing", "[0, 1)"]),
         case(train(&["--mixup", "-0.2"]), 2, &["--mixup", "≥ 0"]),
         case(train(&["--tta", "five-crop"]), 2, &["--tta", "five-crop"]),

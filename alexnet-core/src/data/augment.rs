@@ -1,21 +1,60 @@
-//! Training-view colour jitter and test-time augmentation (fixed crops averaged at evaluation).
+//! Training-view augmentation (scale and colour jitter) and test-time augmentation (fixed crops
+//! averaged at evaluation).
 
 use super::View;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// Colour augmentation of the random training views, on top of the random crop and flip.
+/// Augmentation of the random training views, on top of the random crop and flip.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Augment {
     /// Strength `s` of torchvision's `ColorJitter(brightness=s, contrast=s, saturation=s)`:
     /// each factor is drawn from U[1 − s, 1 + s] per view, applied in that order; 0 is off.
     pub color_jitter: f32,
+    /// Smallest share of the resized image's area a training view covers, as torchvision's
+    /// `RandomResizedCrop(scale=(s, 1))`; 0 is off (a plain crop at a random position).
+    /// Omitted when off, so configurations and cache keys written before it existed read the same.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crop_scale: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Augment {
-    /// No colour jitter (what caches written before it existed hold).
+    /// Neither scale nor colour jitter (what caches written before they existed hold).
     pub fn is_off(&self) -> bool {
-        self.color_jitter == 0.0
+        self.color_jitter == 0.0 && self.crop_scale == 0.0
     }
+}
+
+/// Aspect ratios (width / height) a resized crop may take, as torchvision's default.
+const RATIO: [f32; 2] = [3.0 / 4.0, 4.0 / 3.0];
+
+/// torchvision's `RandomResizedCrop.get_params`: a box `(x, y, width, height)` in a `w × h` image
+/// covering a share in `[min_scale, 1]` of its area with an aspect ratio log-uniform in 3/4–4/3;
+/// after ten boxes that do not fit, the centred box of the whole image with the ratio clamped.
+pub fn resized_crop_box(rng: &mut impl Rng, w: u32, h: u32, min_scale: f32) -> (u32, u32, u32, u32) {
+    let area = (w as f32) * (h as f32);
+    let (lo, hi) = (RATIO[0].ln(), RATIO[1].ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(min_scale..=1.0);
+        let ratio = rng.random_range(lo..=hi).exp();
+        let (cw, ch) = ((target * ratio).sqrt().round() as u32, (target / ratio).sqrt().round() as u32);
+        if (1..=w).contains(&cw) && (1..=h).contains(&ch) {
+            return (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch), cw, ch);
+        }
+    }
+    let ratio = w as f32 / h as f32;
+    let (cw, ch) = if ratio < RATIO[0] {
+        (w, ((w as f32 / RATIO[0]).round() as u32).clamp(1, h))
+    } else if ratio > RATIO[1] {
+        (((h as f32 * RATIO[1]).round() as u32).clamp(1, w), h)
+    } else {
+        (w, h)
+    };
+    ((w - cw) / 2, (h - ch) / 2, cw, ch)
 }
 
 /// Where a fixed crop sits in the resized image.
@@ -151,6 +190,26 @@ pub fn jitter_planes(rgb: &mut [f32], plane: usize, [brightness, contrast, satur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resized_crop_boxes_fit_and_cover_the_asked_share() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (w, h) = (341, 256);
+        let mut shares = Vec::new();
+        for _ in 0..500 {
+            let (x, y, cw, ch) = resized_crop_box(&mut rng, w, h, 0.35);
+            assert!(cw >= 1 && ch >= 1 && x + cw <= w && y + ch <= h, "{x} {y} {cw} {ch}");
+            let ratio = cw as f32 / ch as f32;
+            assert!((0.74..=1.35).contains(&ratio), "ratio {ratio}");
+            shares.push((cw * ch) as f32 / (w * h) as f32);
+        }
+        assert!(shares.iter().all(|s| (0.34..=1.0).contains(s)), "{shares:?}");
+        assert!(shares.iter().any(|s| *s < 0.45) && shares.iter().any(|s| *s > 0.8));
+        // The whole image at any aspect ratio is too much for the box: the fallback is centred.
+        assert_eq!(resized_crop_box(&mut rng, 100, 10, 1.0), (43, 0, 13, 10));
+        assert_eq!(resized_crop_box(&mut rng, 10, 100, 1.0), (0, 43, 10, 13));
+    }
 
     #[test]
     fn tta_views_are_prefixes_with_distinct_cache_indices() {

@@ -1,6 +1,6 @@
 //! Decode → resize shorter side → crop → (flip) → ImageNet normalisation, as torchvision does.
 
-use super::augment::{Anchor, jitter_planes};
+use super::augment::{Anchor, jitter_planes, resized_crop_box};
 use crate::{Error, Result};
 use image::RgbImage;
 use image::imageops::FilterType;
@@ -39,8 +39,9 @@ pub enum View {
     /// A fixed crop, optionally mirrored: test-time augmentation ([`Tta`](super::Tta)).
     Fixed { at: Anchor, flip: bool },
     /// Random crop position and horizontal flip (p = 0.5), then colour jitter of strength
-    /// `color` (0: none), all drawn from `seed`: training.
-    Augmented { seed: u64, color: f32 },
+    /// `color` (0: none), all drawn from `seed`: training. With `scale` > 0 the crop is a
+    /// random-resized one ([`Augment::crop_scale`](super::Augment::crop_scale)).
+    Augmented { seed: u64, color: f32, scale: f32 },
 }
 
 /// A decoded, resized image with the hash of its file's bytes.
@@ -95,6 +96,7 @@ impl Preprocess {
     /// Crops `view` out of a resized image into `out` (CHW, normalised; `image_len()` floats).
     pub fn crop_into(&self, img: &RgbImage, view: View, out: &mut [f32]) {
         let c = self.crop;
+        let mut img = std::borrow::Cow::Borrowed(img);
         let (w, h) = img.dimensions();
         let mut jitter = None;
         let (x0, y0, flip) = match view {
@@ -106,10 +108,19 @@ impl Preprocess {
                 let (x, y) = at.origin(w, h, c);
                 (x, y, flip)
             }
-            View::Augmented { seed, color } => {
+            View::Augmented { seed, color, scale } => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let pos = if scale > 0.0 {
+                    // The box is resampled to the crop size (bilinear, antialiased when it
+                    // shrinks), from the resized image rather than the file's full resolution.
+                    let (x, y, cw, ch) = resized_crop_box(&mut rng, w, h, scale);
+                    let boxed = image::imageops::crop_imm(&*img, x, y, cw, ch).to_image();
+                    img = std::borrow::Cow::Owned(image::imageops::resize(&boxed, c, c, FilterType::Triangle));
+                    (0, 0, rng.random_bool(0.5))
+                } else {
+                    (rng.random_range(0..=w - c), rng.random_range(0..=h - c), rng.random_bool(0.5))
+                };
                 // Drawn after the crop, so a view's crop is the same with or without jitter.
-                let pos = (rng.random_range(0..=w - c), rng.random_range(0..=h - c), rng.random_bool(0.5));
                 if color > 0.0 {
                     jitter = Some(std::array::from_fn(|_| rng.random_range(1.0 - color..=1.0 + color).max(0.0)));
                 }
@@ -117,6 +128,7 @@ impl Preprocess {
             }
         };
         let plane = (c * c) as usize;
+        let w = img.width();
         let raw = img.as_raw();
         let each_pixel = |f: &mut dyn FnMut(usize, &[u8])| {
             for y in 0..c {
@@ -201,7 +213,7 @@ mod tests {
             pre.crop_into(&img, v, &mut o);
             o
         };
-        let aug = |seed| View::Augmented { seed, color: 0.0 };
+        let aug = |seed| View::Augmented { seed, color: 0.0, scale: 0.0 };
         assert_eq!(crop(aug(3)), crop(aug(3)));
         let distinct: std::collections::HashSet<Vec<u32>> = (0..32).map(|s| crop(aug(s)).iter().map(|v| v.to_bits()).collect()).collect();
         assert!(distinct.len() > 8, "only {} distinct views", distinct.len());
@@ -223,10 +235,32 @@ mod tests {
             .collect();
         assert_eq!(corners.len(), 4);
         // Colour jitter keeps the crop (same seed) but changes the colours, differently per seed.
-        let jittered = |seed| View::Augmented { seed, color: 0.4 };
+        let jittered = |seed| View::Augmented { seed, color: 0.4, scale: 0.0 };
         assert_eq!(crop(jittered(5)), crop(jittered(5)));
         assert_ne!(crop(jittered(5)), crop(aug(5)));
         assert_ne!(crop(jittered(5)), crop(jittered(6)));
+    }
+
+    #[test]
+    fn resized_crops_are_seeded_and_zoom() {
+        let pre = Preprocess { resize: 64, crop: 16, ..Default::default() };
+        let img = gradient(96, 64);
+        let crop = |v| {
+            let mut o = vec![0f32; pre.image_len()];
+            pre.crop_into(&img, v, &mut o);
+            o
+        };
+        let scaled = |seed| View::Augmented { seed, color: 0.0, scale: 0.35 };
+        assert_eq!(crop(scaled(3)), crop(scaled(3)));
+        assert_ne!(crop(scaled(3)), crop(scaled(4)));
+        // Red is x: a plain 16-pixel crop spans 15 levels of it, a resized box 40–96 pixels wide
+        // spans more (its mirror image reverses the row, the span stays).
+        let span = |o: &[f32]| (o[15] - o[0]).abs() * 255.0 * 0.229;
+        let plain = span(&crop(View::Augmented { seed: 3, color: 0.0, scale: 0.0 }));
+        assert!((plain - 15.0).abs() < 0.01, "{plain}");
+        for s in 0..16 {
+            assert!(span(&crop(scaled(s))) > 20.0, "seed {s}: {}", span(&crop(scaled(s))));
+        }
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl CacheKey {
         let mut bytes = self.view_seed.to_le_bytes().to_vec();
         bytes.extend_from_slice(&content_hash.to_le_bytes());
         bytes.extend_from_slice(&v.to_le_bytes());
-        View::Augmented { seed: xxhash_rust::xxh3::xxh3_64(&bytes), color: self.augment.color_jitter, scale: self.augment.crop_scale }
+        self.augment.view(xxhash_rust::xxh3::xxh3_64(&bytes))
     }
 }
 

@@ -227,8 +227,7 @@ impl Inputs {
                         let s = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                         // With fixed views: one of them or a fresh random crop, equally likely.
                         let slot = (ChaCha8Rng::seed_from_u64(s ^ 0x5107).random_range(0..=fixed.len() as u32)) as usize;
-                        let view =
-                            fixed.get(slot).copied().unwrap_or(View::Augmented { seed: s, color: augment.color_jitter, scale: augment.crop_scale });
+                        let view = fixed.get(slot).copied().unwrap_or_else(|| augment.view(s));
                         (paths[i].clone(), labels[i], view)
                     })
                     .collect();

@@ -27,6 +27,11 @@ impl Augment {
     pub fn is_off(&self) -> bool {
         self.color_jitter == 0.0 && self.crop_scale == 0.0
     }
+
+    /// The random training view drawn from `seed` with this augmentation.
+    pub fn view(&self, seed: u64) -> View {
+        View::Augmented { seed, color: self.color_jitter, scale: self.crop_scale }
+    }
 }
 
 /// Aspect ratios (width / height) a resized crop may take, as torchvision's default.

@@ -204,15 +204,18 @@ mod tests {
         assert!(out[2 * 224 * 224..].iter().all(|v| (v - want).abs() < 1e-5));
     }
 
+    /// `view` of `img` as `crop_into` writes it.
+    fn crop_of(pre: &Preprocess, img: &RgbImage, view: View) -> Vec<f32> {
+        let mut o = vec![0f32; pre.image_len()];
+        pre.crop_into(img, view, &mut o);
+        o
+    }
+
     #[test]
     fn augmented_views_are_seeded_and_flip() {
         let pre = Preprocess { resize: 8, crop: 4, ..Default::default() };
         let img = gradient(8, 8);
-        let crop = |v| {
-            let mut o = vec![0f32; pre.image_len()];
-            pre.crop_into(&img, v, &mut o);
-            o
-        };
+        let crop = |v| crop_of(&pre, &img, v);
         let aug = |seed| View::Augmented { seed, color: 0.0, scale: 0.0 };
         assert_eq!(crop(aug(3)), crop(aug(3)));
         let distinct: std::collections::HashSet<Vec<u32>> = (0..32).map(|s| crop(aug(s)).iter().map(|v| v.to_bits()).collect()).collect();
@@ -245,11 +248,7 @@ mod tests {
     fn resized_crops_are_seeded_and_zoom() {
         let pre = Preprocess { resize: 64, crop: 16, ..Default::default() };
         let img = gradient(96, 64);
-        let crop = |v| {
-            let mut o = vec![0f32; pre.image_len()];
-            pre.crop_into(&img, v, &mut o);
-            o
-        };
+        let crop = |v| crop_of(&pre, &img, v);
         let scaled = |seed| View::Augmented { seed, color: 0.0, scale: 0.35 };
         assert_eq!(crop(scaled(3)), crop(scaled(3)));
         assert_ne!(crop(scaled(3)), crop(scaled(4)));

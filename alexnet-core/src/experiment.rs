@@ -354,6 +354,25 @@ impl Group<'_> {
     }
 }
 
+/// One setting's paired difference to its backend's reference setting (the best on
+/// validation): accuracy differences (fractions; positive means better than the reference) over
+/// the runs both have, fold by fold and seed by seed.
+#[derive(Debug, Clone)]
+pub struct Paired {
+    /// The setting's label ([`Group::label`]).
+    pub setting: String,
+    /// The reference setting's label.
+    pub reference: String,
+    /// Validation difference, when both have a validation set.
+    pub val: Option<Spread>,
+    /// Cross-fitted validation difference, when both have it for every run.
+    pub crossfit: Option<Spread>,
+    /// Whether the reference was chosen on cross-fitted validation (else on plain validation).
+    pub chosen_by_crossfit: bool,
+    /// Test difference (reported, never chosen by).
+    pub test: Spread,
+}
+
 /// A run's place among its setting's runs, for matching runs across settings.
 fn variant(r: &RunReport) -> (Option<Fold>, u64) {
     (r.fold, r.repeat)
@@ -393,6 +412,65 @@ impl ExperimentReport {
             .collect()
     }
 
+    /// What the runs of a setting spread over: "5 test folds", "3 repeats (seeds) on one
+    /// split", "5 test folds × 2 repeats".
+    pub fn spread_over(&self) -> String {
+        match (self.folds, self.repeats) {
+            (0, r) => format!("{r} repeats (seeds) on one split"),
+            (k, 1) => format!("{k} test folds"),
+            (k, r) => format!("{k} test folds × {r} repeats"),
+        }
+    }
+
+    /// Each setting's paired difference to the setting of its backend with the best mean
+    /// validation accuracy (cross-fitted when every choosable setting of the backend has it),
+    /// matched fold by fold and seed by seed. Settings without a validation set, or with fewer
+    /// runs than the backend's most, are compared but never chosen; a setting with fewer than two
+    /// matched runs has no interval and is left out.
+    pub fn paired(&self) -> Vec<Paired> {
+        let groups = self.groups();
+        let several = groups.iter().any(|g| g.backend != groups[0].backend);
+        let mut out = Vec::new();
+        for backend in groups.iter().map(|g| g.backend.as_str()).collect::<std::collections::BTreeSet<_>>() {
+            let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
+            // Chosen by the cross-fitted validation accuracy when every choosable setting has
+            // it (free of the bias that favours settings with more or noisier evaluation points).
+            // A setting still missing runs (an interrupted experiment) is compared but never
+            // chosen: its mean is over other folds than the rest's.
+            let complete = mine.iter().map(|g| g.runs.len()).max().unwrap_or(0);
+            let choosable: Vec<&Group> = mine.iter().copied().filter(|g| g.val_spread.is_some() && g.runs.len() == complete).collect();
+            let crossfit = choosable.iter().all(|g| g.crossfit_spread.is_some());
+            let score = |g: &Group| match (crossfit, g.crossfit_spread, g.val_spread) {
+                (true, Some(c), _) => c.mean,
+                (false, _, Some(v)) => v.mean,
+                _ => f64::NEG_INFINITY,
+            };
+            let Some(best) = choosable.iter().max_by(|a, b| score(a).total_cmp(&score(b))) else { continue };
+            for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
+                let paired = |acc: fn(&RunReport) -> Option<f64>| -> Option<Spread> {
+                    let diffs: Vec<f64> = g
+                        .runs
+                        .iter()
+                        .filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).and_then(|b| Some(acc(r)? - acc(b)?)))
+                        .collect();
+                    Spread::of(&diffs).filter(|d| d.n > 1)
+                };
+                let Some(test) = paired(|r| Some(r.test.accuracy)) else { continue };
+                out.push(Paired {
+                    setting: g.label(several),
+                    reference: best.label(several),
+                    // Validation only where both have it; cross-fitted only where both settings
+                    // have it for every run.
+                    val: paired(RunReport::val_accuracy).filter(|_| g.val_spread.is_some()),
+                    crossfit: paired(|r| r.val_crossfit).filter(|_| g.crossfit_spread.is_some() && best.crossfit_spread.is_some()),
+                    chosen_by_crossfit: crossfit,
+                    test,
+                });
+            }
+        }
+        out
+    }
+
     /// The spread of each setting over folds/repeats, then each setting's paired difference to
     /// the setting of its backend with the best mean validation accuracy (matched fold by fold,
     /// seed by seed), in validation and in test accuracy, with 95% intervals. Settings are
@@ -403,11 +481,7 @@ impl ExperimentReport {
             return;
         }
         let several = groups.iter().any(|g| g.backend != groups[0].backend);
-        let how = match (self.folds, self.repeats) {
-            (0, r) => format!("{r} repeats (seeds) on one split"),
-            (k, 1) => format!("{k} test folds"),
-            (k, r) => format!("{k} test folds × {r} repeats"),
-        };
+        let how = self.spread_over();
         let pct = |sp: &Spread| if sp.n > 1 { format!("{:.2}–{:.2}%", 100.0 * sp.ci95.0, 100.0 * sp.ci95.1) } else { "–".into() };
         let runs = || groups.iter().flat_map(|g| g.runs.iter());
         let kept = match (runs().all(|r| r.kept_last()), runs().any(|r| r.kept_last())) {
@@ -438,48 +512,23 @@ impl ExperimentReport {
                 g.pooled.1
             );
         }
-        let mut rows = Vec::new();
-        for backend in groups.iter().map(|g| g.backend.as_str()).collect::<std::collections::BTreeSet<_>>() {
-            let mine: Vec<&Group> = groups.iter().filter(|g| g.backend == backend).collect();
-            // Only settings with a validation set can be chosen; chosen by the cross-fitted
-            // validation accuracy when every one of them has it (free of the bias that favours
-            // settings with more or noisier evaluation points).
-            let choosable: Vec<&Group> = mine.iter().copied().filter(|g| g.val_spread.is_some()).collect();
-            let crossfit = choosable.iter().all(|g| g.crossfit_spread.is_some());
-            let score = |g: &Group| match (crossfit, g.crossfit_spread, g.val_spread) {
-                (true, Some(c), _) => c.mean,
-                (false, _, Some(v)) => v.mean,
-                _ => f64::NEG_INFINITY,
-            };
-            let Some(best) = choosable.iter().max_by(|a, b| score(a).total_cmp(&score(b))) else { continue };
-            for g in mine.iter().filter(|g| !std::ptr::eq(**g, *best)) {
-                let paired = |acc: fn(&RunReport) -> Option<f64>| -> Option<Spread> {
-                    let diffs: Vec<f64> = g
-                        .runs
-                        .iter()
-                        .filter_map(|r| best.runs.iter().find(|b| variant(b) == variant(r)).and_then(|b| Some(acc(r)? - acc(b)?)))
-                        .collect();
-                    Spread::of(&diffs).filter(|d| d.n > 1)
-                };
-                let cell = |d: &Spread| {
-                    format!(
-                        "{:+.2} ({:+.2} to {:+.2}) | {}",
-                        100.0 * d.mean,
-                        100.0 * d.ci95.0,
-                        100.0 * d.ci95.1,
-                        if d.excludes_zero() { "yes" } else { "no" }
-                    )
-                };
-                if let Some(t) = paired(|r| Some(r.test.accuracy)) {
-                    // Validation only where both have it; cross-fitted only where both settings
-                    // have it for every run.
-                    let v = paired(RunReport::val_accuracy).filter(|_| g.val_spread.is_some());
-                    let c = paired(|r| r.val_crossfit).filter(|_| g.crossfit_spread.is_some() && best.crossfit_spread.is_some());
-                    let (v, c) = (v.map_or("– | –".into(), |v| cell(&v)), c.map_or("– | –".into(), |c| cell(&c)));
-                    rows.push(format!("| {} | {} | {v} | {c} | {} |", g.label(several), best.label(several), cell(&t)));
-                }
-            }
-        }
+        let cell = |d: &Spread| {
+            format!(
+                "{:+.2} ({:+.2} to {:+.2}) | {}",
+                100.0 * d.mean,
+                100.0 * d.ci95.0,
+                100.0 * d.ci95.1,
+                if d.excludes_zero() { "yes" } else { "no" }
+            )
+        };
+        let rows: Vec<String> = self
+            .paired()
+            .iter()
+            .map(|p| {
+                let (v, c) = (p.val.map_or("– | –".into(), |v| cell(&v)), p.crossfit.map_or("– | –".into(), |c| cell(&c)));
+                format!("| {} | {} | {v} | {c} | {} |", p.setting, p.reference, cell(&p.test))
+            })
+            .collect();
         if !rows.is_empty() {
             let _ = writeln!(
                 s,
@@ -664,6 +713,72 @@ mod tests {
         // Something unreadable is compared as it is.
         let junk = serde_json::json!({ "data": 3 });
         assert_eq!(current_form(&junk), junk);
+    }
+
+    /// A last-step run of `recipe` on `fold` of 5 with these accuracies (100 images each).
+    fn fake_run(recipe: &str, fold: u32, val: f64, test: f64) -> RunReport {
+        let metrics = |accuracy| crate::metrics::EvalMetrics {
+            accuracy,
+            per_class_accuracy: vec![],
+            confusion: crate::metrics::Confusion::new(2),
+            samples: 100,
+        };
+        RunReport {
+            tool: "test".into(),
+            backbone: Default::default(),
+            backend: "candle".into(),
+            device: "cpu".into(),
+            policy: "fc6".into(),
+            cut: "pool5".into(),
+            config: serde_json::json!({ "train": { "select": "last" } }),
+            weights_file: None,
+            layers: Default::default(),
+            data: Default::default(),
+            cache: None,
+            timings: Default::default(),
+            curve: vec![],
+            best_step: 0,
+            val: metrics(val),
+            val_crossfit: Some(val),
+            test: metrics(test),
+            fold: Some(Fold { index: fold, count: 5 }),
+            repeat: 0,
+            recipe: Some(recipe.into()),
+            members: vec![],
+        }
+    }
+
+    #[test]
+    fn paired_differences_use_the_best_complete_setting() {
+        let mut runs = Vec::new();
+        for fold in 0..5 {
+            let f = fold as f64 / 100.0;
+            runs.push(fake_run("a", fold, 0.80 + f, 0.70 + f));
+            // b is 2 points better on validation and 1 on test, on every fold.
+            runs.push(fake_run("b", fold, 0.82 + f, 0.71 + f));
+        }
+        // c ran on two folds only (interrupted), where it scores highest: compared, never chosen.
+        runs.push(fake_run("c", 0, 0.99, 0.60));
+        runs.push(fake_run("c", 1, 0.97, 0.62));
+        let rep =
+            ExperimentReport { tool: "test".into(), steps: 10, eval_every: 10, batch_size: 8, folds: 5, repeats: 1, runs, cache_speedups: vec![] };
+        let paired = rep.paired();
+        assert_eq!(
+            paired.iter().map(|p| (p.setting.as_str(), p.reference.as_str())).collect::<Vec<_>>(),
+            [("alexnet fc6 · a", "alexnet fc6 · b"), ("alexnet fc6 · c", "alexnet fc6 · b")]
+        );
+        let a = &paired[0];
+        assert!(a.chosen_by_crossfit);
+        let (val, test) = (a.val.unwrap(), a.test);
+        assert_eq!((val.n, test.n), (5, 5));
+        assert!((val.mean + 0.02).abs() < 1e-12 && (test.mean + 0.01).abs() < 1e-12);
+        // Identical differences on every fold: no spread, so significant.
+        assert!(val.excludes_zero() && test.excludes_zero());
+        // c is paired on its own two folds: +17.0 and +14.0 points of validation.
+        let c = &paired[1];
+        assert_eq!(c.test.n, 2);
+        assert!((c.val.unwrap().mean - 0.155).abs() < 1e-12, "{:?}", c.val);
+        assert!(rep.markdown().contains("| alexnet fc6 · c | alexnet fc6 · b | +15.50"), "{}", rep.markdown());
     }
 
     #[test]

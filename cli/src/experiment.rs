@@ -261,6 +261,12 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             x_counts: false,
         },
     )?);
+    // Paired differences to the best setting on validation, with their intervals.
+    let paired = rep.paired();
+    if !paired.is_empty() {
+        let title = format!("paired differences over {} · {}", rep.spread_over(), rep.runs[0].device);
+        written.extend(crate::plots::paired(&paired, &title, &out.join("paired"))?);
+    }
     // Ensembles: accuracy against the number of members, per setting.
     let ensembles: Vec<Series> = groups
         .iter()

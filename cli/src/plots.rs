@@ -364,3 +364,107 @@ impl Figure for LrFigure<'_> {
         legend(&mut chart, SeriesLabelPosition::UpperLeft)
     }
 }
+
+/// `paired.png/svg`: each setting's paired difference to the reference setting (the best on
+/// validation), in points of accuracy, with its 95% interval: validation (cross-fitted when the
+/// reference was chosen on it) and test, one row per setting, and a line at zero. An interval
+/// that does not cross the line is a significant difference.
+pub fn paired(rows: &[alexnet_core::experiment::Paired], title: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    let height = 150 + 64 * rows.len() as u32;
+    // One reference for every row (one backend): named once, in the title.
+    let shared = rows.iter().all(|p| p.reference == rows[0].reference).then(|| rows[0].reference.as_str());
+    let title = match shared {
+        Some(r) => format!("{title} · against {r}"),
+        None => title.to_string(),
+    };
+    let most = rows.iter().map(|p| p.test.n).max().unwrap_or(0);
+    both(base, (1000, height), &PairedFigure { rows, title: &title, shared: shared.is_some(), most })
+}
+
+struct PairedFigure<'a> {
+    rows: &'a [alexnet_core::experiment::Paired],
+    title: &'a str,
+    /// Every row has the same reference (named in the title, not per row).
+    shared: bool,
+    /// The most pairs any row has; rows with fewer say how many.
+    most: usize,
+}
+
+impl PairedFigure<'_> {
+    /// The validation difference shown: the one the reference was chosen on.
+    fn val(p: &alexnet_core::experiment::Paired) -> Option<(alexnet_core::metrics::Spread, &'static str)> {
+        match (p.chosen_by_crossfit, p.crossfit, p.val) {
+            (true, Some(c), _) => Some((c, "validation (cross-fitted)")),
+            (_, _, Some(v)) => Some((v, "validation")),
+            _ => None,
+        }
+    }
+}
+
+impl Figure for PairedFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let n = self.rows.len();
+        // Every interval in view, and zero; in points.
+        let ends = self.rows.iter().flat_map(|p| [Some(p.test), Self::val(p).map(|v| v.0)]).flatten().flat_map(|s| [s.ci95.0, s.ci95.1]);
+        let (lo, hi) = ends.map(|v| 100.0 * v).fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let pad = ((hi - lo) * 0.08).max(0.1);
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(10)
+            // Below the last row, room for the legend.
+            .build_cartesian_2d((lo - pad)..(hi + pad), -0.8f64..n as f64)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_desc("difference to the best on validation, points of accuracy (95% interval; paired fold by fold)")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(vec![(0.0, -0.8), (0.0, n as f64)], BLACK.stroke_width(1))))
+            .map_err(|e| anyhow!("{e}"))?;
+        let (val_color, test_color) = (Palette99::pick(0).to_rgba(), Palette99::pick(1).to_rgba());
+        let mut labelled = (false, false);
+        for (i, p) in self.rows.iter().enumerate() {
+            // Top row first; each row: its label, then validation above test.
+            let y = (n - i) as f64;
+            let mark = |s: &alexnet_core::metrics::Spread| if s.excludes_zero() { ", significant" } else { "" };
+            let against = if self.shared { String::new() } else { format!(" (against {})", p.reference) };
+            let pairs = if p.test.n < self.most { format!(", {} pairs", p.test.n) } else { String::new() };
+            let name = format!("{}{against}{pairs}{}", p.setting, Self::val(p).map_or("", |v| mark(&v.0)));
+            let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Top));
+            chart.draw_series(std::iter::once(Text::new(name, (lo - pad * 0.9, y - 0.06), style))).map_err(|e| anyhow!("{e}"))?;
+            let whisker = |s: &alexnet_core::metrics::Spread, at: f64, color: RGBAColor| {
+                let (a, b, m) = (100.0 * s.ci95.0, 100.0 * s.ci95.1, 100.0 * s.mean);
+                vec![
+                    PathElement::new(vec![(a, at), (b, at)], color.stroke_width(2)),
+                    PathElement::new(vec![(a, at - 0.06), (a, at + 0.06)], color.stroke_width(2)),
+                    PathElement::new(vec![(b, at - 0.06), (b, at + 0.06)], color.stroke_width(2)),
+                    PathElement::new(vec![(m, at - 0.1), (m, at + 0.1)], color.stroke_width(4)),
+                ]
+            };
+            if let Some((v, what)) = Self::val(p) {
+                let drawn = chart.draw_series(whisker(&v, y - 0.45, val_color)).map_err(|e| anyhow!("{e}"))?;
+                if !labelled.0 {
+                    labelled.0 = true;
+                    drawn.label(what).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], val_color.stroke_width(2)));
+                }
+            }
+            let drawn = chart.draw_series(whisker(&p.test, y - 0.72, test_color)).map_err(|e| anyhow!("{e}"))?;
+            if !labelled.1 {
+                labelled.1 = true;
+                drawn
+                    .label("test (reported, never chosen by)")
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], test_color.stroke_width(2)));
+            }
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
+    }
+}

@@ -11,11 +11,15 @@ pub struct Bars {
     quiet: bool,
     /// Without a terminal: (phase, total, last reported tenth), for plain progress lines.
     plain: Mutex<(String, u64, u64)>,
+    /// Whether an evaluation line was printed during the previous tenth of training (or training
+    /// just began): a plain progress line is printed only when none was (sparse `--eval-every`).
+    /// The evaluation at a step comes after its `advance`, so the previous tenth is what tells.
+    evaluated: std::sync::atomic::AtomicBool,
 }
 
 impl Bars {
     pub fn new(quiet: bool) -> Self {
-        Self { bar: Mutex::new(None), quiet, plain: Mutex::new((String::new(), 0, 0)) }
+        Self { bar: Mutex::new(None), quiet, plain: Mutex::new((String::new(), 0, 0)), evaluated: false.into() }
     }
 
     fn println(&self, line: &str) {
@@ -39,18 +43,23 @@ impl Observer for Bars {
         bar.set_prefix(phase.to_string());
         *self.bar.lock().unwrap() = Some(bar);
         *self.plain.lock().unwrap() = (phase.to_string(), total, 0);
+        self.evaluated.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn advance(&self, n: u64) {
         if let Some(b) = self.bar.lock().unwrap().as_ref() {
             b.inc(n);
             let mut p = self.plain.lock().unwrap();
-            // Training prints its own evaluation lines; extraction gets plain progress lines.
-            if self.quiet && p.0 == "extract" {
-                let tenth = b.position() * 10 / p.1.max(1);
-                if tenth > p.2 {
-                    p.2 = tenth;
+            // Without a terminal: a plain line each tenth of extraction, and each tenth of
+            // training that printed no evaluation line of its own.
+            let tenth = b.position() * 10 / p.1.max(1);
+            if self.quiet && tenth > p.2 && (p.0 == "extract" || p.0 == "train") {
+                p.2 = tenth;
+                let evaluated = self.evaluated.swap(false, std::sync::atomic::Ordering::Relaxed);
+                if p.0 == "extract" {
                     eprintln!("{}: {}/{} ({:.1}/s)", p.0, b.position(), p.1, b.per_sec());
+                } else if !evaluated {
+                    eprintln!("{}: step {}/{} ({:.2} steps/s, {})", p.0, b.position(), p.1, b.per_sec(), b.message());
                 }
             }
         }
@@ -73,6 +82,7 @@ impl Observer for Bars {
     }
 
     fn eval(&self, p: &CurvePoint) {
+        self.evaluated.store(true, std::sync::atomic::Ordering::Relaxed);
         let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "-".into());
         self.println(&format!(
             "step {:>5}  epoch {:>5.2}  lr {:.2e}  loss {:.4}  train {:.1}%  val {}  test {}  ({:.0}s training)",

@@ -212,6 +212,10 @@ fn experiment_folds_and_repeats_give_spreads() {
     }
     let svg = std::fs::read_to_string(out_dir.join("accuracy_vs_step.svg")).unwrap();
     assert!(svg.contains("mean of 6, range shaded") && svg.contains("<polygon"), "no band in the plot");
+    // The paired differences as a plot: one row per setting against the best, with intervals.
+    let paired = std::fs::read_to_string(out_dir.join("paired.svg")).unwrap();
+    assert!(paired.contains("against alexnet fc") && paired.contains("test (reported, never chosen by)"), "{paired}");
+    assert!(out_dir.join("paired.png").metadata().map(|m| m.len() > 0).unwrap_or(false), "paired.png missing");
     // `--replot` redraws from experiment.json alone: no --data, no training.
     std::fs::remove_file(out_dir.join("experiment.md")).unwrap();
     let out = alexnet(&["experiment", "--replot", "--out", o], tmp.path());

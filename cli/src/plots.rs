@@ -123,11 +123,16 @@ impl Figure for LineChart<'_> {
                 .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
                 .map_err(|e| anyhow!("{e}"))?
                 .label(s.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(legend_key(color.stroke_width(2)));
             chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(|e| anyhow!("{e}"))?;
         }
         legend(&mut chart, SeriesLabelPosition::LowerRight)
     }
+}
+
+/// A legend entry's key: a short line in the series' style.
+fn legend_key(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style)
 }
 
 /// The series legend every line chart draws: a white box with a black border, 13 px text.
@@ -344,13 +349,13 @@ impl Figure for LrFigure<'_> {
             .draw_series(LineSeries::new(clip(&raw), grey.stroke_width(1)))
             .map_err(|e| anyhow!("{e}"))?
             .label("batch loss")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
+            .legend(legend_key(grey.stroke_width(1)));
         let blue = Palette99::pick(0).to_rgba();
         chart
             .draw_series(LineSeries::new(clip(&smooth), blue.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
             .label("smoothed (EMA 0.98)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2)));
+            .legend(legend_key(blue.stroke_width(2)));
         let marks = [(self.rep.steepest, "steepest descent", Palette99::pick(1)), (self.rep.min_over_10, "minimum / 10", Palette99::pick(3))];
         for (lr, name, color) in marks {
             let Some(lr) = lr else { continue };
@@ -359,7 +364,7 @@ impl Figure for LrFigure<'_> {
                 .draw_series(std::iter::once(PathElement::new(vec![(lr as f64, lo * 0.9), (lr as f64, hi)], color.stroke_width(2))))
                 .map_err(|e| anyhow!("{e}"))?
                 .label(format!("{name}: {lr:.2e}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(legend_key(color.stroke_width(2)));
         }
         legend(&mut chart, SeriesLabelPosition::UpperLeft)
     }
@@ -454,15 +459,13 @@ impl Figure for PairedFigure<'_> {
                 let drawn = chart.draw_series(whisker(&v, y - 0.45, val_color)).map_err(|e| anyhow!("{e}"))?;
                 if !labelled.0 {
                     labelled.0 = true;
-                    drawn.label(what).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], val_color.stroke_width(2)));
+                    drawn.label(what).legend(legend_key(val_color.stroke_width(2)));
                 }
             }
             let drawn = chart.draw_series(whisker(&p.test, y - 0.72, test_color)).map_err(|e| anyhow!("{e}"))?;
             if !labelled.1 {
                 labelled.1 = true;
-                drawn
-                    .label("test (reported, never chosen by)")
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], test_color.stroke_width(2)));
+                drawn.label("test (reported, never chosen by)").legend(legend_key(test_color.stroke_width(2)));
             }
         }
         legend(&mut chart, SeriesLabelPosition::LowerRight)

@@ -123,6 +123,15 @@ impl ExperimentConfig {
             return bad("--repeats must be at least 1");
         }
         self.base.validate()?;
+        if self.alexnet && self.base.head_first > 0 {
+            let head = crate::head_first::head_policy(&self.base)?;
+            if !self.policies.iter().any(|p| crate::head_first::goes_deeper(*p, head)) {
+                return Err(Error::Config(format!(
+                    "--head-first trains {} first, but none of the depths (--policies) fine-tunes deeper; add one (e.g. all), or leave --head-first out",
+                    head.trained_span()
+                )));
+            }
+        }
         for j in &self.backbone_jobs {
             j.validate()?;
         }
@@ -241,6 +250,16 @@ pub fn run_experiment_reusing(
         cache_speedups: vec![],
     };
     let variants = cfg.variants();
+    // `--head-first` applies to the depths that fine-tune deeper than the new layers; the
+    // others (fc6 with conv-only weights) run as they are.
+    let head = if cfg.alexnet && cfg.base.head_first > 0 { Some(crate::head_first::head_policy(&cfg.base)?) } else { None };
+    let job_for = |cfg: &ExperimentConfig, base: &JobConfig, policy: FreezePolicy, steps: usize, cache: bool| {
+        let mut job = job_for(cfg, base, policy, steps, cache);
+        if head.is_some_and(|h| !crate::head_first::goes_deeper(policy, h)) {
+            job.head_first = 0;
+        }
+        job
+    };
     let recipe = cfg.recipe.as_ref().map_or(String::new(), |r| format!(" · {r}"));
     let label = |fold: Option<Fold>, r: u64| {
         let run = match (fold, cfg.repeats > 1) {
@@ -328,6 +347,8 @@ pub struct Group<'a> {
     pub backend: String,
     pub policy: String,
     pub recipe: Option<String>,
+    /// Steps of the head stage in front of the fine-tuning (`--head-first`), if any.
+    pub head_first: Option<usize>,
     pub runs: Vec<&'a RunReport>,
     /// Test accuracy (of each run's kept step) over the runs.
     pub spread: Spread,
@@ -347,6 +368,9 @@ impl Group<'_> {
     /// several backends ran.
     pub fn label(&self, with_backend: bool) -> String {
         let mut what = format!("{} {}", self.backbone, self.policy);
+        if let Some(h) = self.head_first {
+            what = format!("{what} · head first {h}");
+        }
         if let Some(r) = &self.recipe {
             what = format!("{what} · {r}");
         }
@@ -381,12 +405,16 @@ fn variant(r: &RunReport) -> (Option<Fold>, u64) {
 impl ExperimentReport {
     /// The runs grouped by setting, in the order the settings first ran.
     pub fn groups(&self) -> Vec<Group<'_>> {
+        let head = |r: &RunReport| r.head_first.as_ref().map(|h| h.steps);
         let mut by_setting: Vec<Vec<&RunReport>> = Vec::new();
         for r in &self.runs {
-            match by_setting
-                .iter_mut()
-                .find(|g| g[0].backbone == r.backbone && g[0].backend == r.backend && g[0].policy == r.policy && g[0].recipe == r.recipe)
-            {
+            match by_setting.iter_mut().find(|g| {
+                g[0].backbone == r.backbone
+                    && g[0].backend == r.backend
+                    && g[0].policy == r.policy
+                    && g[0].recipe == r.recipe
+                    && head(g[0]) == head(r)
+            }) {
                 Some(g) => g.push(r),
                 None => by_setting.push(vec![r]),
             }
@@ -402,6 +430,7 @@ impl ExperimentReport {
                     backend: runs[0].backend.clone(),
                     policy: runs[0].policy.clone(),
                     recipe: runs[0].recipe.clone(),
+                    head_first: head(runs[0]),
                     spread: Spread::of(&acc).expect("a group has a run"),
                     val_spread: val.and_then(|v| Spread::of(&v)),
                     crossfit_spread: runs.iter().map(|r| r.val_crossfit).collect::<Option<Vec<f64>>>().and_then(|v| Spread::of(&v)),
@@ -628,7 +657,10 @@ impl ExperimentReport {
                 "| {} | {} | {} | {} | {} | {:.2}% ({:.1}–{:.1}) | {} | {} | {:.0} | {:.1} | {} | {} |",
                 r.backbone,
                 r.backend,
-                r.policy,
+                match &r.head_first {
+                    Some(h) => format!("{} (head first: {} steps of {})", r.policy, h.steps, h.policy),
+                    None => r.policy.clone(),
+                },
                 policy.trained_span(),
                 {
                     let run = match (r.fold, self.repeats > 1) {
@@ -745,6 +777,7 @@ mod tests {
             repeat: 0,
             recipe: Some(recipe.into()),
             members: vec![],
+            head_first: None,
         }
     }
 

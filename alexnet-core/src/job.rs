@@ -93,6 +93,15 @@ pub struct JobConfig {
     /// configurations from before it existed still match) is the default.
     #[serde(default = "crate::ensemble::one_member", skip_serializing_if = "crate::ensemble::is_one_member")]
     pub ensemble: u32,
+    /// Steps training the layers without pretrained weights alone, on cached features, before
+    /// fine-tuning `model.policy` from there ([`crate::head_first`]); 0 (off, left out of the
+    /// JSON so earlier configurations still match) fine-tunes from the start weights.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub head_first: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl JobConfig {
@@ -121,6 +130,7 @@ impl JobConfig {
             tta: Tta::TenCrop,
             train_fixed_views: Tta::None,
             ensemble: 1,
+            head_first: 0,
         }
     }
 }
@@ -190,7 +200,7 @@ impl JobConfig {
         if self.extract_batch == 0 {
             return Err(Error::Config("extraction batch (--extract-batch) must be at least 1".into()));
         }
-        Ok(())
+        crate::head_first::check_settings(self)
     }
 }
 
@@ -520,7 +530,21 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
             _ => None,
         });
     }
-    let p = prepare(backend, cfg, obs)?;
+    // Checked before any data is read: the head stage must have something deeper after it.
+    let head = if cfg.head_first > 0 { Some(crate::head_first::check(cfg)?) } else { None };
+    let mut p = prepare(backend, cfg, obs)?;
+    let head_first = match head {
+        // Run even when resuming the deep stage: a finished head stage resumes at its last step
+        // (its checkpoint stays until the whole run is done), which costs an evaluation and
+        // keeps its summary in the report.
+        Some(head) => {
+            let (start, stage) = crate::head_first::run_stage(backend, cfg, head, obs)?;
+            p.model.set_weights(&start)?;
+            p.weights = start;
+            Some(stage)
+        }
+        None => None,
+    };
     let classes = p.dataset.classes.len();
     let trainable = cfg.model.policy.trainable();
     let single = members == 1;
@@ -667,6 +691,7 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         repeat: 0,
         recipe: None,
         members: reports,
+        head_first,
     };
     // The best weights are moved out, not copied (about 230 MB a member for fc6–fc8).
     Ok((report, outcomes.into_iter().map(|o| o.best).collect()))

@@ -20,6 +20,7 @@ mod error;
 pub mod experiment;
 pub mod extract;
 pub mod freeze;
+pub mod head_first;
 pub mod inception_import;
 pub mod job;
 mod lpips;

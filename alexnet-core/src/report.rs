@@ -127,6 +127,9 @@ pub struct RunReport {
     /// ones; empty for a single model. `val` and `test` are then the whole ensemble's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<crate::ensemble::MemberReport>,
+    /// The head-first stage in front of this run's fine-tuning (`--head-first`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_first: Option<crate::head_first::HeadStage>,
 }
 
 impl RunReport {

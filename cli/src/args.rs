@@ -350,6 +350,12 @@ pub struct TrainArgs {
     /// N times the training, one extraction.
     #[arg(long, default_value_t = 1, value_parser = ensemble_members)]
     pub ensemble: u32,
+    /// Train the layers without pretrained weights (fc6–fc8) alone for STEPS steps on cached
+    /// features first, then fine-tune the deeper --finetune layers from there for the rest:
+    /// the head stage is cheap, and the expensive deep stage starts from a trained head
+    /// instead of random fc6/fc7. 0: off.
+    #[arg(long, default_value_t = 0, value_name = "STEPS")]
+    pub head_first: usize,
 }
 
 /// Optimiser and regularisation options (train, experiment).
@@ -430,6 +436,10 @@ pub struct ExperimentArgs {
     /// add the accuracy of the first 1, 2, …, N members, paired fold by fold.
     #[arg(long, default_value_t = 1, value_parser = ensemble_members)]
     pub ensemble: u32,
+    /// As `train --head-first STEPS`, for the depths that fine-tune deeper than the new layers
+    /// (fc6–fc8); the others run as they are. --steps counts the deep stage's steps.
+    #[arg(long, default_value_t = 0, value_name = "STEPS")]
+    pub head_first: usize,
     /// Depth whose cached and uncached (`--no-cache`) step speeds are compared; "none" skips it.
     #[arg(long, default_value = "fc6", value_parser = speedup_policy)]
     pub speedup_policy: SpeedupPolicy,
@@ -657,6 +667,7 @@ impl TrainArgs {
         cfg.train.max_steps = steps;
         cfg.train.eval_every = self.eval_every;
         cfg.ensemble = self.ensemble;
+        cfg.head_first = self.head_first;
     }
 }
 

@@ -10,7 +10,7 @@ use alexnet_core::train::{Inputs, evaluate};
 use alexnet_core::{Backend, FreezePolicy, HostTensor, LayerId, ModelConfig, Stage};
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -88,8 +88,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     // continues from its last one.
     let checkpoint = out.join(rundir::CHECKPOINT);
     // Every member's checkpoint an ensemble (of any size) may have left.
-    let checkpoints: Vec<PathBuf> =
-        (0..=alexnet_core::ensemble::MAX_MEMBERS).map(|m| alexnet_core::ensemble::member_file(&checkpoint, m)).filter(|p| p.exists()).collect();
+    let checkpoints: Vec<PathBuf> = every_checkpoint(&checkpoint).into_iter().filter(|p| p.exists()).collect();
     if !checkpoints.is_empty() {
         if args.restart {
             for c in &checkpoints {
@@ -124,8 +123,7 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
         written.extend(plots::ensemble_members(&report, &out.join("ensemble"))?);
     }
     // The model and report are safely written: the run is complete.
-    for m in 0..=alexnet_core::ensemble::MAX_MEMBERS {
-        let c = alexnet_core::ensemble::member_file(&checkpoint, m);
+    for c in every_checkpoint(&checkpoint) {
         match std::fs::remove_file(&c) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| c.display().to_string()),
             _ => {}
@@ -134,6 +132,13 @@ fn train(backend: &dyn Backend, args: TrainArgs) -> Result<()> {
     print_summary(&report);
     println!("wrote: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
+}
+
+/// Every checkpoint a run may leave: each ensemble member's (of any size) and a head stage's.
+fn every_checkpoint(checkpoint: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = (0..=alexnet_core::ensemble::MAX_MEMBERS).map(|m| alexnet_core::ensemble::member_file(checkpoint, m)).collect();
+    all.push(alexnet_core::head_first::checkpoint_file(checkpoint));
+    all
 }
 
 fn print_summary(r: &RunReport) {
@@ -157,6 +162,18 @@ fn print_summary(r: &RunReport) {
             t.extract_seconds,
             t.extract_images_per_second.unwrap_or(0.0),
             t.extract_views_per_second.unwrap_or(0.0)
+        );
+    }
+    if let Some(h) = &r.head_first {
+        println!(
+            "{:<28} {} steps of {} alone ({:.1}s): val {:.2}%, test {:.2}%; then {}",
+            "head first",
+            h.steps,
+            h.policy.parse::<FreezePolicy>().unwrap_or_default().trained_span(),
+            h.train_seconds,
+            100.0 * h.val_accuracy,
+            100.0 * h.test_accuracy,
+            trained_layers(r)
         );
     }
     println!("{:<28} {:.1}s ({:.1}s/epoch, {:.1} samples/s)", "training", t.train_seconds, t.seconds_per_epoch, t.train_samples_per_second);

@@ -134,6 +134,7 @@ fn config(args: &ExperimentArgs, classes: usize) -> Result<ExperimentConfig> {
     let mut base = alex.job_config(weights_path.clone());
     args.optim.apply(&mut base, args.steps);
     base.ensemble = args.ensemble;
+    base.head_first = args.head_first;
     // The default depths depend on which layers the weights file really has; every run loads the
     // weights itself, so read them here only when the depths are not given.
     let weights = match weights_path.as_ref().filter(|_| args.policies.is_empty()) {
@@ -204,6 +205,10 @@ fn write(out: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             .iter()
             .map(|g| {
                 let what = if backbones { format!("{} {}", g.backbone, g.policy) } else { g.policy.clone() };
+                let what = match g.head_first {
+                    Some(h) => format!("{what} · head first {h}"),
+                    None => what,
+                };
                 let what = match &g.recipe {
                     Some(r) => format!("{what} · {r}"),
                     None => what,

@@ -169,3 +169,45 @@ fn an_ensemble_killed_in_its_second_member_resumes_to_the_same_members() {
     };
     assert_eq!(scores(&a), scores(&b));
 }
+
+/// `--head-first`: the head stage (fc6–fc8 on pool5 features) and then conv5–fc8; killed in the
+/// deep stage, the rerun skips the finished head stage and ends with the uninterrupted model.
+#[test]
+fn a_head_first_run_killed_in_its_deep_stage_resumes_to_the_same_model() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run { data: flower_subset(env!("CARGO_MANIFEST_DIR"), tmp.path(), 6), weights: pretrained_weights(), home: tmp.path().to_path_buf() };
+    let (a, b, cache) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("cache"));
+    let deep = |out: &Path| {
+        let mut c = run.command(out, &cache);
+        // The later --finetune replaces the earlier.
+        c.args(["--finetune", "conv5", "--head-first", "6"]);
+        c
+    };
+    let o = deep(&a).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("head first: training fc6–fc8 alone for 6 steps, then fine-tuning conv5–fc8"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        (report["policy"].as_str(), report["head_first"]["policy"].as_str(), report["head_first"]["steps"].as_u64()),
+        (Some("conv5"), Some("fc6"), Some(6))
+    );
+    assert_eq!(report["layers"]["conv5"]["source"], "trained");
+    // The deep stage's first checkpoint is written once the head stage is done.
+    let deep_checkpoint = b.join("checkpoint.safetensors");
+    kill_when(deep(&b).spawn().unwrap(), "the deep stage's first checkpoint", || deep_checkpoint.exists());
+    assert!(b.join("checkpoint.head.safetensors").exists() && !b.join("model.safetensors").exists(), "the kill came after the deep stage");
+    let o = deep(&b).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // The head stage resumes at its end, the deep stage where it was killed.
+    assert!(stderr.contains("resuming from step 6 of 6") && stderr.matches("resuming from step").count() == 2, "{stderr}");
+    for f in ["checkpoint.safetensors", "checkpoint.head.safetensors"] {
+        assert!(!b.join(f).exists(), "the completed run removed {f}");
+    }
+    assert!(std::fs::read(a.join("model.safetensors")).unwrap() == std::fs::read(b.join("model.safetensors")).unwrap(), "the resumed model differs");
+    let resumed: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("report.json")).unwrap()).unwrap();
+    let scores = |r: &serde_json::Value| serde_json::json!([r["head_first"]["val_accuracy"], r["head_first"]["test_accuracy"], r["val"], r["test"]]);
+    assert_eq!(scores(&report), scores(&resumed));
+}

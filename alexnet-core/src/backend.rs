@@ -99,8 +99,8 @@ pub struct ModelConfig {
 }
 
 /// Serde's test for settings left out of the JSON when off (0), so older files still match.
-pub(crate) fn is_zero(v: &f32) -> bool {
-    *v == 0.0
+pub(crate) fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl ModelConfig {

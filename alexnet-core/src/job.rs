@@ -96,12 +96,8 @@ pub struct JobConfig {
     /// Steps training the layers without pretrained weights alone, on cached features, before
     /// fine-tuning `model.policy` from there ([`crate::head_first`]); 0 (off, left out of the
     /// JSON so earlier configurations still match) fine-tunes from the start weights.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::backend::is_zero")]
     pub head_first: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 impl JobConfig {

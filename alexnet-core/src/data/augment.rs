@@ -14,12 +14,8 @@ pub struct Augment {
     /// Smallest share of the resized image's area a training view covers, as torchvision's
     /// `RandomResizedCrop(scale=(s, 1))`; 0 is off (a plain crop at a random position).
     /// Omitted when off, so configurations and cache keys written before it existed read the same.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::backend::is_zero")]
     pub crop_scale: f32,
-}
-
-fn is_zero(v: &f32) -> bool {
-    *v == 0.0
 }
 
 impl Augment {

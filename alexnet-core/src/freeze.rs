@@ -1,7 +1,7 @@
 //! Freeze policy: how deep to fine-tune.
 
 use crate::arch::LayerId;
-use crate::weights::{LayerSource, WeightSet};
+use crate::weights::WeightSet;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -78,18 +78,14 @@ impl FreezePolicy {
     /// Refuses to freeze a layer that has no pretrained weights: a frozen random layer throws
     /// information away for good. `allow_random_frozen` overrides this, for experiments.
     pub fn validate(&self, weights: &WeightSet, allow_random_frozen: bool) -> Result<()> {
-        let random: Vec<_> = self
-            .frozen()
-            .into_iter()
-            .filter(|l| !matches!(weights.source(*l), Some(LayerSource::Pretrained { .. }) | Some(LayerSource::Trained)))
-            .collect();
+        let random: Vec<_> = self.frozen().into_iter().filter(|l| !weights.is_learned(*l)).collect();
         if random.is_empty() || allow_random_frozen {
             return Ok(());
         }
         let names: Vec<_> = random.iter().map(|l| l.name()).collect();
         let deepest_ok = LayerId::ALL
             .into_iter()
-            .take_while(|l| matches!(weights.source(*l), Some(LayerSource::Pretrained { .. }) | Some(LayerSource::Trained)))
+            .take_while(|l| weights.is_learned(*l))
             .last()
             .and_then(|l| LayerId::ALL.get(l.index() + 1).copied())
             .map(|l| l.name())
@@ -130,6 +126,7 @@ impl FromStr for FreezePolicy {
 mod tests {
     use super::*;
     use crate::arch::AlexNetSpec;
+    use crate::weights::LayerSource;
 
     fn conv_only_weights() -> WeightSet {
         let spec = AlexNetSpec::new(5);

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::freeze::FreezePolicy;
 use crate::job::{JobConfig, run};
 use crate::observer::Observer;
-use crate::weights::{LayerSource, WeightSet};
+use crate::weights::WeightSet;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -35,8 +35,7 @@ pub struct HeadStage {
 
 /// The layers without pretrained weights (always fc8), as the policy that trains exactly them.
 pub fn new_layers(weights: &WeightSet) -> FreezePolicy {
-    let pretrained = |l: &LayerId| matches!(weights.source(*l), Some(LayerSource::Pretrained { .. }) | Some(LayerSource::Trained));
-    FreezePolicy::from_layer(LayerId::ALL.into_iter().find(|l| !pretrained(l)).unwrap_or(LayerId::Fc8))
+    FreezePolicy::from_layer(LayerId::ALL.into_iter().find(|l| !weights.is_learned(*l)).unwrap_or(LayerId::Fc8))
 }
 
 /// The head policy of `cfg`'s weights, read from the weights file alone (before any data).
@@ -150,6 +149,7 @@ pub fn run_stage(backend: &dyn Backend, cfg: &JobConfig, head: FreezePolicy, obs
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::LayerSource;
 
     #[test]
     fn the_head_is_the_layers_without_pretrained_weights() {

@@ -96,6 +96,12 @@ impl WeightSet {
         self.sources.get(&id)
     }
 
+    /// True when a layer holds learned weights (pretrained, or trained here), not a seeded
+    /// initialisation: what may be frozen, and what a head stage need not train.
+    pub fn is_learned(&self, id: LayerId) -> bool {
+        matches!(self.source(id), Some(LayerSource::Pretrained { .. }) | Some(LayerSource::Trained))
+    }
+
     /// Provenance of every layer.
     pub fn sources(&self) -> &BTreeMap<LayerId, LayerSource> {
         &self.sources

@@ -594,8 +594,18 @@ pub fn run(backend: &dyn Backend, cfg: &JobConfig, obs: &dyn Observer) -> Result
         complete_probs &= complete;
         if single {
             // A single model is scored as it always was: the arg-max of its logits (or of the
-            // views' mean softmax).
-            single_metrics = Some((evaluate(model.as_mut(), &p.val, classes, batch)?, evaluate(model.as_mut(), &p.test, classes, batch)?));
+            // views' mean softmax). Its kept step was scored on both sets during training (test
+            // only reported); it is scored again only when that happened before a resume.
+            let (kept_val, kept_test) = out.kept_scores.clone().map_or((None, None), |k| (k.val, k.test));
+            let val = match kept_val {
+                Some(m) => m,
+                None => evaluate(model.as_mut(), &p.val, classes, batch)?,
+            };
+            let test = match kept_test {
+                Some(m) => m,
+                None => evaluate(model.as_mut(), &p.test, classes, batch)?,
+            };
+            single_metrics = Some((val, test));
             outcomes.push(out);
             break;
         }

@@ -362,6 +362,16 @@ pub struct TrainOutcome {
     /// for [`crate::selection::crossfit_accuracy`]; empty without a validation set, and missing
     /// points when resumed from a checkpoint written before they were kept.
     pub val_probs: Vec<HostTensor>,
+    /// The scores of the kept weights at their evaluation point, so that nobody scores them
+    /// again; `None` when that point was scored before a resume.
+    pub kept_scores: Option<KeptScores>,
+}
+
+/// Validation and test metrics of the kept weights (`None` for an empty set).
+#[derive(Debug, Clone)]
+pub struct KeptScores {
+    pub val: Option<EvalMetrics>,
+    pub test: Option<EvalMetrics>,
 }
 
 impl TrainOutcome {
@@ -441,6 +451,7 @@ pub fn train_resumable(
         val_probs: vec![],
     };
     let mut best: Option<WeightSet> = None;
+    let mut kept_scores = None;
     let mut resuming = false;
     if let Some(c) = resume {
         if c.progress.total != total {
@@ -493,14 +504,15 @@ pub fn train_resumable(
             if due {
                 p.train_seconds += t0.elapsed().as_secs_f64();
                 let te = Instant::now();
-                let v = if val.is_empty() {
+                let val_metrics = if val.is_empty() {
                     None
                 } else {
                     let (metrics, probs) = evaluate_with_probabilities(model, val, classes, cfg.batch_size)?;
                     p.val_probs.push(probs);
-                    Some(metrics.accuracy)
+                    Some(metrics)
                 };
-                let t = if test.is_empty() { None } else { Some(evaluate(model, test, classes, cfg.batch_size)?.accuracy) };
+                let test_metrics = if test.is_empty() { None } else { Some(evaluate(model, test, classes, cfg.batch_size)?) };
+                let (v, t) = (val_metrics.as_ref().map(|m| m.accuracy), test_metrics.as_ref().map(|m| m.accuracy));
                 let point = CurvePoint {
                     step: p.step,
                     epoch: p.samples as f64 / train.len() as f64,
@@ -521,6 +533,7 @@ pub fn train_resumable(
                 if best.is_none() || better {
                     (p.best_score, p.best_step) = (v, p.step);
                     best = Some(model.weights()?);
+                    kept_scores = Some(KeptScores { val: val_metrics, test: test_metrics });
                 }
                 p.eval_seconds += te.elapsed().as_secs_f64();
                 if let Some(save) = save.as_mut() {
@@ -560,6 +573,7 @@ pub fn train_resumable(
         samples: p.samples,
         steps: p.step,
         val_probs: p.val_probs,
+        kept_scores,
     })
 }
 
@@ -720,6 +734,10 @@ mod tests {
             assert_eq!((out.best_step, model.steps), (kept, kept), "{select:?}");
             let accuracy: Vec<_> = out.curve.iter().map(|c| c.val_accuracy.unwrap()).collect();
             assert_eq!(accuracy, [0.0, 1.0, 0.0, 0.0]);
+            // The kept step's own scores come back, so the job need not score it again.
+            let kept_scores = out.kept_scores.as_ref().expect("scored in this call");
+            assert_eq!(kept_scores.val.as_ref().map(|m| (m.accuracy, m.samples)), Some((accuracy[kept - 1], 2)), "{select:?}");
+            assert!(kept_scores.test.is_none());
         }
         // Files from before the choice existed kept the best on validation; the default keeps the last.
         let old: TrainConfig = serde_json::from_str(&serde_json::to_string(&TrainConfig { select: Select::BestVal, ..cfg }).unwrap()).unwrap();
